@@ -1,0 +1,360 @@
+"""The HTTP API under ``/v1``, the health endpoints, and the one place errors become answers.
+
+Handlers are thin: parse and validate the request, call the store or the broker, serialise.
+Every error answer is an RFC 9457 problem document (``application/problem+json``) with a
+``detail`` sentence and, for invalid fields, an ``errors`` list of ``{"field", "message"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from quart import Blueprint, Quart, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from odin_ext.errors import (
+    ClientError,
+    InvalidRequest,
+    JobNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from odin_ext.jobs import Job, JobState
+from odin_ext.kinds import describe_validation
+from odin_ext.payloads import UnstorableValue, check_storable
+from odin_ext.runtime import Runtime
+from odin_ext.settings import QueueName
+from odin_ext.store import NewJob
+from odin_ext.streams import encode_comment, encode_event, encode_retry, follow
+
+logger = logging.getLogger(__name__)
+
+api = Blueprint("odin_api", __name__)
+
+MAX_JOB_ID = 2**63 - 1
+MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
+RECONNECT_HINT_MS = 1000
+
+
+class SubmitRequest(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Annotated[str, Field(min_length=1, max_length=200)]
+    args: dict[str, Any] = Field(default_factory=dict)
+    queue: QueueName | None = None
+    priority: Annotated[int, Field(ge=-100, le=100)] = 0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    delay_seconds: Annotated[float, Field(ge=0, le=MAX_DELAY_SECONDS)] | None = None
+    run_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> SubmitRequest:
+        if self.delay_seconds is not None and self.run_at is not None:
+            raise ValueError("give either delay_seconds or run_at, not both")
+        return self
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["odin"]  # type: ignore[no-any-return]
+
+
+# Jobs -------------------------------------------------------------------------------------
+
+
+@api.post("/v1/jobs")
+async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+    body = await _json_body()
+    submission = _parse(SubmitRequest, body)
+    new_job = _new_job(submission)
+    [job] = await runtime().store.enqueue([new_job])
+    logger.info(
+        "job enqueued",
+        extra={"event": "job_enqueued", "job_id": job.id, "kind": job.kind, "queue": job.queue,
+               "state": job.state.value},
+    )
+    answer = _job_answer(job)
+    return answer, 202, {"Location": answer["url"]}
+
+
+@api.get("/v1/jobs/<int:job_id>")
+async def get_job(job_id: int) -> dict[str, Any]:
+    return _job_answer(await _load_job(job_id))
+
+
+@api.get("/v1/jobs")
+async def list_jobs() -> dict[str, Any]:
+    state = _query_enum("state", JobState)
+    kind = _query_text("kind")
+    queue = _query_text("queue")
+    limit = _query_int("limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)
+    before_id = _query_int("cursor", None, 1, MAX_JOB_ID)
+    jobs = await runtime().store.list(
+        state=state, kind=kind, queue=queue, before_id=before_id, limit=limit + 1
+    )
+    has_more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return {
+        "jobs": [_job_answer(job) for job in jobs],
+        "next_cursor": str(jobs[-1].id) if has_more else None,
+    }
+
+
+@api.get("/v1/jobs/<int:job_id>/events")
+async def stream_events(job_id: int) -> Response:
+    after = _last_event_id()
+    await _load_job(job_id)
+    rt = runtime()
+
+    async def body() -> Any:
+        yield encode_retry(RECONNECT_HINT_MS)
+        async for event in follow(
+            rt.store, rt.broker, job_id, after,
+            keepalive_seconds=rt.settings.keepalive_seconds, stop=rt.stopping,
+        ):
+            yield encode_comment("keep-alive") if event is None else encode_event(event)
+        if rt.stopping.is_set():
+            # Clients reconnect (to another replica) with Last-Event-ID and lose nothing.
+            yield encode_comment("server shutting down, reconnect")
+
+    response = Response(
+        body(),
+        status=200,
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None  # an event stream may stay open as long as its job runs
+    return response
+
+
+# Kinds and health -------------------------------------------------------------------------
+
+
+@api.get("/v1/kinds")
+async def list_kinds() -> dict[str, Any]:
+    return {"kinds": [item.schema() for item in runtime().registry]}
+
+
+@api.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@api.get("/readyz")
+async def readyz() -> tuple[dict[str, Any], int]:
+    problem = await runtime().readiness_problem()
+    if problem is not None:
+        return {"status": "unavailable", "detail": problem}, 503
+    return {"status": "ready"}, 200
+
+
+# Request parsing --------------------------------------------------------------------------
+
+
+async def _json_body() -> Any:
+    content_type = request.mimetype
+    if content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"expected Content-Type application/json, got {content_type or 'none'}"
+        )
+    raw = await request.get_data(as_text=False)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except _NonStandardNumber as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+class _NonStandardNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> None:
+    raise _NonStandardNumber(f"{name} is not a JSON number")
+
+
+def _parse(model: type[SubmitRequest], body: Any) -> SubmitRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"request body must be a JSON object, got {_json_type(body)}")
+    try:
+        check_storable(body, "$")
+    except UnstorableValue as exc:
+        raise ValidationFailed(
+            f"request holds a value that cannot be stored: {exc}",
+            errors=[{"field": exc.path.removeprefix("$."), "message": exc.problem}],
+        ) from None
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            "request body does not match the job submission format",
+            errors=describe_validation(exc, ""),
+        ) from None
+
+
+def _new_job(submission: SubmitRequest) -> NewJob:
+    rt = runtime()
+    kind = rt.registry.get(submission.kind)
+    args = kind.validate_args(submission.args)
+    scheduled_at = None
+    if submission.run_at is not None:
+        scheduled_at = submission.run_at.astimezone(UTC)
+    elif submission.delay_seconds:
+        scheduled_at = datetime.now(UTC) + timedelta(seconds=submission.delay_seconds)
+    return NewJob(
+        kind=kind.name,
+        queue=submission.queue or kind.options.queue,
+        args=args,
+        priority=submission.priority,
+        max_attempts=(
+            submission.max_attempts or kind.options.max_attempts
+            or rt.settings.default_max_attempts
+        ),
+        timeout_seconds=submission.timeout_seconds or kind.options.timeout_seconds,
+        scheduled_at=scheduled_at,
+    )
+
+
+async def _load_job(job_id: int) -> Job:
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise JobNotFound(f"job {job_id} not found")
+    job = await runtime().store.get(job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} not found")
+    return job
+
+
+def _last_event_id() -> int:
+    header = request.headers.get("Last-Event-ID")
+    value = header if header is not None else request.args.get("last_event_id")
+    if value is None or value == "":
+        return 0
+    if not value.isdigit() or int(value) > 2**31 - 1:
+        source = "Last-Event-ID header" if header is not None else "last_event_id parameter"
+        raise InvalidRequest(f"{source} must be a non-negative event id, got {value[:40]!r}")
+    return int(value)
+
+
+def _query_text(name: str) -> str | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    if "\x00" in value or len(value) > 200:
+        raise InvalidRequest(f"query parameter {name} is invalid")
+    return value
+
+
+def _query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise InvalidRequest(
+            f"query parameter {name} must be an integer from {low} to {high}, got {value[:40]!r}"
+        )
+    return int(value)
+
+
+def _query_enum(name: str, enum: type[JobState]) -> JobState | None:
+    value = _query_text(name)
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise InvalidRequest(
+            f"query parameter {name} must be one of {allowed}, got {value[:40]!r}"
+        ) from None
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+# Answers ----------------------------------------------------------------------------------
+
+
+def _base_url() -> str:
+    public = runtime().settings.public_url
+    return public.rstrip("/") if public else request.host_url.rstrip("/")
+
+
+def _job_answer(job: Job) -> dict[str, Any]:
+    base = _base_url()
+    answer = job.to_json()
+    answer["url"] = f"{base}/v1/jobs/{job.id}"
+    answer["events_url"] = f"{base}/v1/jobs/{job.id}/events"
+    return answer
+
+
+def problem(status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+            ) -> Response:
+    """Build an RFC 9457 problem answer."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return Response(json.dumps(body), status=status, content_type="application/problem+json")
+
+
+def register_error_handlers(app: Quart) -> None:
+    """Turn every error into a problem answer; unexpected ones are logged once, here."""
+
+    @app.errorhandler(ClientError)
+    async def _client_error(exc: ClientError) -> Response:
+        return problem(exc.status, exc.title, exc.detail, exc.errors)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            limit = runtime().settings.max_body_bytes
+            error = PayloadTooLarge(f"request body is larger than {limit} bytes (ODIN_MAX_BODY_BYTES)")
+            return problem(error.status, error.title, error.detail)
+        detail = exc.description or exc.name
+        if status == 404:
+            detail = f"no route for {request.method} {request.path}"
+        elif status == 405:
+            detail = f"method {request.method} is not allowed on {request.path}"
+        return problem(status, exc.name, detail)
+
+    @app.errorhandler(psycopg.OperationalError)
+    @app.errorhandler(PoolTimeout)
+    async def _database_unavailable(exc: Exception) -> Response:
+        logger.warning(
+            "request failed: database unavailable",
+            extra={"event": "request_db_unavailable", "path": request.path, "error": repr(exc)},
+        )
+        answer = problem(503, "Service unavailable", "the database is unavailable, try again")
+        answer.headers["Retry-After"] = "1"
+        return answer
+
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        logger.error(
+            "request failed",
+            exc_info=exc,
+            extra={"event": "request_failed", "path": request.path, "error": repr(exc)},
+        )
+        return problem(500, "Internal error", "the server failed to handle this request")

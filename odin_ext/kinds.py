@@ -1,0 +1,202 @@
+"""Job kinds: the ``kind`` decorator and the registry that the worker and the API share.
+
+A kind is a Python function, async or sync. Its typed parameters are the job's arguments: a
+pydantic model is built from them, submissions are validated against it before anything is
+stored, and its JSON Schema is served by the API. A parameter annotated ``JobContext`` (async
+functions) or ``SyncJobContext`` (sync functions, which run in a thread) receives the context
+of the running attempt instead of an argument.
+
+``kind`` only marks the function; ``Registry.from_modules`` imports the modules named in the
+settings and collects the marked functions, so importing a module has no other effect.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from odin_ext.context import JobContext, SyncJobContext
+from odin_ext.errors import UnknownKind, ValidationFailed
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BUILTIN_KIND_MODULE = "odin_ext.builtin_kinds"
+
+_KIND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,199}$")
+_MARK = "__odin_kind__"
+
+
+@dataclass(frozen=True)
+class KindOptions:
+    """Defaults that a kind declares; a submission may override queue, attempts and timeout."""
+
+    name: str | None = None
+    queue: str = "default"
+    max_attempts: int | None = None
+    timeout_seconds: float | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered job kind."""
+
+    name: str
+    function: Callable[..., Any]
+    is_async: bool
+    args_model: type[BaseModel]
+    context_parameter: str | None
+    options: KindOptions
+
+    @property
+    def description(self) -> str:
+        return self.options.description or inspect.getdoc(self.function) or ""
+
+    def validate_args(self, args: Any) -> dict[str, Any]:
+        """Return ``args`` checked and normalised to JSON values, or raise ``ValidationFailed``."""
+        if not isinstance(args, dict):
+            raise ValidationFailed(
+                f"args of kind {self.name!r} must be a JSON object, got {type(args).__name__}"
+            )
+        try:
+            model = self.args_model.model_validate(args)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"args do not match kind {self.name!r}", errors=describe_validation(exc, "args")
+            ) from None
+        return model.model_dump(mode="json")
+
+    def call_arguments(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Return the keyword arguments for the function, rebuilt from stored JSON ``args``."""
+        model = self.args_model.model_validate(args)
+        return {name: getattr(model, name) for name in self.args_model.model_fields}
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "queue": self.options.queue,
+            "max_attempts": self.options.max_attempts,
+            "timeout_seconds": self.options.timeout_seconds,
+            "args_schema": self.args_model.model_json_schema(),
+        }
+
+
+def kind(
+    name: str | None = None,
+    *,
+    queue: str = "default",
+    max_attempts: int | None = None,
+    timeout_seconds: float | None = None,
+    description: str | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as a job kind named ``name`` (default: the function's name).
+
+    ``max_attempts`` and ``timeout_seconds`` default to the settings' values when None.
+    The function is returned unchanged and can still be called directly.
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if timeout_seconds is not None and timeout_seconds <= 0:
+        raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds}")
+    options = KindOptions(name, queue, max_attempts, timeout_seconds, description)
+
+    def mark(function: F) -> F:
+        setattr(function, _MARK, options)
+        return function
+
+    return mark
+
+
+def build_kind(function: Callable[..., Any], options: KindOptions) -> Kind:
+    """Build the ``Kind`` of a marked function; raise ``TypeError`` for an unusable signature."""
+    name = options.name or function.__name__
+    if not _KIND_NAME.match(name):
+        raise TypeError(f"kind name {name!r} must match {_KIND_NAME.pattern}")
+    is_async = inspect.iscoroutinefunction(function)
+    hints = get_type_hints(function)
+    fields: dict[str, Any] = {}
+    context_parameter = None
+    for parameter in inspect.signature(function).parameters.values():
+        annotation = hints.get(parameter.name, Any)
+        if annotation in (JobContext, SyncJobContext):
+            expected = JobContext if is_async else SyncJobContext
+            if annotation is not expected:
+                raise TypeError(
+                    f"kind {name!r}: an {'async' if is_async else 'sync'} function takes "
+                    f"{expected.__name__}, not {annotation.__name__}"
+                )
+            context_parameter = parameter.name
+            continue
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"kind {name!r}: *args and **kwargs cannot be job arguments")
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise TypeError(f"kind {name!r}: positional-only parameters cannot be job arguments")
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[parameter.name] = (annotation, default)
+    args_model = create_model(  # type: ignore[call-overload]
+        f"{name}_args".replace(".", "_").replace(":", "_").replace("-", "_"),
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+    return Kind(name, function, is_async, args_model, context_parameter, options)
+
+
+class Registry:
+    """The job kinds this process knows, by name."""
+
+    def __init__(self, kinds: Iterable[Kind] = ()) -> None:
+        self._kinds: dict[str, Kind] = {}
+        for item in kinds:
+            self.add(item)
+
+    @classmethod
+    def from_modules(cls, module_names: Iterable[str]) -> Registry:
+        """Import the modules and register every function marked with ``kind`` in them."""
+        registry = cls()
+        for module_name in dict.fromkeys([BUILTIN_KIND_MODULE, *module_names]):
+            module = importlib.import_module(module_name)
+            for value in vars(module).values():
+                options = getattr(value, _MARK, None)
+                if isinstance(options, KindOptions) and callable(value):
+                    registry.add(build_kind(value, options))
+        return registry
+
+    def add(self, item: Kind) -> None:
+        existing = self._kinds.get(item.name)
+        if existing is not None and existing.function is not item.function:
+            raise ValueError(f"job kind {item.name!r} is defined twice")
+        self._kinds[item.name] = item
+
+    def get(self, name: str) -> Kind:
+        """Return the kind called ``name``; raise ``UnknownKind`` when there is none."""
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise UnknownKind(
+                f"unknown job kind {name!r}; GET /v1/kinds lists the known kinds"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(sorted(self._kinds.values(), key=lambda k: k.name))
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
+def describe_validation(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    """Turn pydantic errors into ``{"field", "message"}`` items with dotted field paths."""
+    items = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
+        items.append({"field": path, "message": error["msg"]})
+    return items

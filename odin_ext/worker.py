@@ -1,0 +1,371 @@
+"""``WorkerPool``: claims due jobs in batches and runs them in this process.
+
+One fetch loop claims up to the number of free slots with ``FOR UPDATE SKIP LOCKED`` (see the
+``job_fetch`` query), wakes when the listener reports new jobs in one of its queues, and polls
+every ``poll_interval_seconds`` as a fallback. A scheduler loop moves scheduled jobs to the
+queue when they become due. Async jobs run as tasks on the event loop; sync jobs run in a
+thread pool the size of the worker concurrency, so they never block the loop.
+
+Outcomes go to the ``Completer``, which writes them in batches.
+
+Limitations:
+- A sync job that exceeds its timeout is abandoned, not stopped: Python cannot stop a thread,
+  so the thread runs on until the function returns, while its job is already retried or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from odin_ext.completer import Completer
+from odin_ext.context import JobContext, JobInfo, SyncJobContext
+from odin_ext.errors import AttemptLost, CancelJob, RetryLater, UnknownKind
+from odin_ext.jobs import Job, JobState
+from odin_ext.kinds import Kind, Registry
+from odin_ext.payloads import UnstorableValue, check_storable, json_size
+from odin_ext.retry import RetryPolicy
+from odin_ext.settings import Settings
+from odin_ext.store import JobStore, Outcome
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 2000
+MAX_TRACEBACK_CHARS = 8000
+
+
+class WorkerPool:
+    """Runs up to ``settings.worker_concurrency`` jobs of ``settings.queues`` at once."""
+
+    def __init__(
+        self, settings: Settings, store: JobStore, registry: Registry, owner: str
+    ) -> None:
+        self.settings = settings
+        self.owner = owner
+        self._store = store
+        self._registry = registry
+        self._retry_policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
+        self._completer = Completer(store, owner, on_recorded=self._log_recorded)
+        self._threads = ThreadPoolExecutor(
+            max_workers=settings.worker_concurrency, thread_name_prefix="odin-job"
+        )
+        # Running job tasks by job id; only the event loop thread touches this mapping.
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._schedule_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        self._completer.start()
+        self._loops = [
+            asyncio.create_task(self._fetch_loop(), name="odin-fetch"),
+            asyncio.create_task(self._schedule_loop(), name="odin-scheduler"),
+        ]
+        logger.info(
+            "worker pool started",
+            extra={"event": "worker_pool_started", "owner": self.owner,
+                   "queues": self.settings.queues,
+                   "concurrency": self.settings.worker_concurrency},
+        )
+
+    def notify_queued(self, queue: str) -> None:
+        """Wake the fetch loop: jobs became due in ``queue``."""
+        if queue in self.settings.queues:
+            self._wake.set()
+
+    def notify_reconnected(self) -> None:
+        """Wake both loops: notifications may have been missed while disconnected."""
+        self._wake.set()
+        self._schedule_changed.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming, let running jobs finish for ``grace_seconds``, then interrupt the rest.
+
+        Interrupted jobs go back to the queue; their attempt ends without counting as failed.
+        """
+        self._stopping.set()
+        self._wake.set()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+        deadline = time.monotonic() + grace_seconds
+        if self._running:
+            logger.info(
+                "waiting for running jobs",
+                extra={"event": "worker_pool_draining", "count": len(self._running),
+                       "grace_seconds": grace_seconds},
+            )
+            await asyncio.wait(list(self._running.values()), timeout=grace_seconds)
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self._completer.stop(max(1.0, deadline - time.monotonic() + 2.0))
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker pool stopped", extra={"event": "worker_pool_stopped"})
+
+    # The fetch loop -------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.settings.worker_concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            limit = min(free, self.settings.fetch_batch_size)
+            self._wake.clear()
+            jobs = await self._fetch(limit)
+            for job in jobs:
+                self._start_job(job)
+            if len(jobs) < limit:
+                await self._wait_for_work()
+
+    async def _fetch(self, limit: int) -> list[Job]:
+        try:
+            return await self._store.fetch(self.owner, self.settings.queues, limit)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive database outages
+            logger.warning(
+                "fetching jobs failed",
+                extra={"event": "job_fetch_failed", "error": repr(exc)},
+            )
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+            return []
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.poll_interval_seconds):
+                await self._wake.wait()
+
+    # The scheduler loop ---------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._schedule_changed.clear()
+            wait_seconds = self.settings.poll_interval_seconds
+            try:
+                while await self._store.promote_scheduled(limit=1000) == 1000:
+                    pass
+                next_at = await self._store.next_scheduled_at()
+                if next_at is not None:
+                    until_due = (next_at - datetime.now(UTC)).total_seconds()
+                    wait_seconds = max(0.001, min(wait_seconds, until_due))
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive database outages
+                logger.warning(
+                    "promoting scheduled jobs failed",
+                    extra={"event": "job_promote_failed", "error": repr(exc)},
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_seconds):
+                    await self._schedule_changed.wait()
+
+    # Running one job ------------------------------------------------------------------
+
+    def _start_job(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"odin-job-{job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(functools.partial(self._job_done, job.id))
+        logger.debug(
+            "job fetched",
+            extra={"event": "job_fetched", "job_id": job.id, "kind": job.kind,
+                   "queue": job.queue, "attempt": job.attempt},
+        )
+
+    def _job_done(self, job_id: int, task: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "job task crashed",
+                extra={"event": "job_task_crashed", "job_id": job_id,
+                       "error": repr(task.exception())},
+            )
+
+    async def _run_job(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self._execute(job)
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            outcome = self._interrupted(job)
+        if outcome is not None:
+            self._completer.submit(outcome)
+        logger.debug(
+            "job attempt ended",
+            extra={"event": "job_attempt_ended", "job_id": job.id, "kind": job.kind,
+                   "attempt": job.attempt,
+                   "duration_ms": round((time.monotonic() - started) * 1000, 2)},
+        )
+
+    async def _execute(self, job: Job) -> Outcome | None:
+        """Run the job's function; return the outcome to record, or None to record nothing."""
+        try:
+            kind = self._registry.get(job.kind)
+        except UnknownKind:
+            return self._failure(job, f"job kind {job.kind!r} is not registered on this worker",
+                                 retry=False)
+        timeout = job.timeout_seconds or kind.options.timeout_seconds
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await self._call(kind, job)
+        except RetryLater as exc:
+            return self._retry_later(job, exc)
+        except CancelJob as exc:
+            return self._failure(job, exc.reason, retry=False)
+        except AttemptLost:
+            logger.warning(
+                "job attempt lost its ownership, result discarded",
+                extra={"event": "job_attempt_lost", "job_id": job.id, "attempt": job.attempt},
+            )
+            return None
+        except TimeoutError as exc:
+            if deadline.expired():
+                return self._failure(job, f"attempt timed out after {timeout} seconds")
+            return self._failure(job, _describe(exc), exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of job code fails the attempt
+            return self._failure(job, _describe(exc), exc)
+        return self._success(job, result)
+
+    async def _call(self, kind: Kind, job: Job) -> Any:
+        arguments = kind.call_arguments(job.args)
+        info = JobInfo(job.id, job.kind, job.queue, job.attempt, job.max_attempts)
+        context = JobContext(info, functools.partial(self._write_event, job))
+        if kind.is_async:
+            if kind.context_parameter:
+                arguments[kind.context_parameter] = context
+            return await kind.function(**arguments)
+        if kind.context_parameter:
+            arguments[kind.context_parameter] = SyncJobContext(context, asyncio.get_running_loop())
+        call = functools.partial(kind.function, **arguments)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    async def _write_event(self, job: Job, event_type: str, data: dict[str, Any]) -> int | None:
+        return await self._store.append_event(job.id, job.attempt, self.owner, event_type, data)
+
+    # Outcomes -------------------------------------------------------------------------
+
+    def _success(self, job: Job, result: Any) -> Outcome:
+        try:
+            check_storable(result, "result")
+        except UnstorableValue as exc:
+            return self._failure(job, f"job returned a result that cannot be stored: {exc}",
+                                 retry=False)
+        size = json_size(result)
+        if size > self.settings.max_result_bytes:
+            return self._failure(
+                job,
+                f"result is {size} bytes of JSON, over the limit of "
+                f"{self.settings.max_result_bytes} (ODIN_MAX_RESULT_BYTES)",
+                retry=False,
+            )
+        return Outcome(
+            job_id=job.id,
+            attempt=job.attempt,
+            state=JobState.COMPLETED,
+            event_type="completed",
+            event_data={"attempt": job.attempt, "result": result},
+            result=result,
+        )
+
+    def _failure(
+        self, job: Job, message: str, exc: BaseException | None = None, *, retry: bool = True
+    ) -> Outcome:
+        error = _error_entry(job, message, exc)
+        if retry and job.attempt < job.max_attempts:
+            delay = self._retry_policy.delay_seconds(job.attempt)
+            return self._retry_outcome(job, error, delay)
+        return Outcome(
+            job_id=job.id,
+            attempt=job.attempt,
+            state=JobState.FAILED,
+            event_type="failed",
+            event_data={"attempt": job.attempt, "error": error["error"]},
+            error=error,
+        )
+
+    def _retry_later(self, job: Job, exc: RetryLater) -> Outcome:
+        if job.attempt >= job.max_attempts:
+            return self._failure(job, f"{exc.reason} (no attempts left)", retry=False)
+        error = _error_entry(job, exc.reason, None)
+        return self._retry_outcome(job, error, exc.delay_seconds)
+
+    def _retry_outcome(self, job: Job, error: dict[str, Any], delay_seconds: float) -> Outcome:
+        scheduled_at = datetime.now(UTC) + timedelta(seconds=delay_seconds)
+        self._schedule_changed.set()
+        return Outcome(
+            job_id=job.id,
+            attempt=job.attempt,
+            state=JobState.SCHEDULED,
+            event_type="retry_scheduled",
+            event_data={"attempt": job.attempt, "error": error["error"],
+                        "scheduled_at": scheduled_at.isoformat(),
+                        "delay_seconds": round(delay_seconds, 3)},
+            error=error,
+            scheduled_at=scheduled_at,
+        )
+
+    def _interrupted(self, job: Job) -> Outcome:
+        return Outcome(
+            job_id=job.id,
+            attempt=job.attempt,
+            state=JobState.QUEUED,
+            event_type="queued",
+            event_data={"queue": job.queue, "reason": "interrupted", "attempt": job.attempt},
+        )
+
+    def _log_recorded(self, outcome: Outcome, applied: bool) -> None:
+        if not applied:
+            logger.warning(
+                "outcome rejected: attempt no longer owned",
+                extra={"event": "job_outcome_rejected", "job_id": outcome.job_id,
+                       "attempt": outcome.attempt, "state": outcome.state.value},
+            )
+            return
+        event = {
+            JobState.COMPLETED: "job_completed",
+            JobState.FAILED: "job_failed",
+            JobState.SCHEDULED: "job_retry_scheduled",
+            JobState.QUEUED: "job_interrupted",
+        }.get(outcome.state, "job_recorded")
+        level = logging.WARNING if outcome.state is JobState.FAILED else logging.DEBUG
+        logger.log(
+            level,
+            event.replace("_", " "),
+            extra={"event": event, "job_id": outcome.job_id, "attempt": outcome.attempt,
+                   "state": outcome.state.value,
+                   "error": outcome.error["error"] if outcome.error else None},
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text.replace("\x00", "\ufffd")[:MAX_ERROR_CHARS]
+
+
+def _error_entry(job: Job, message: str, exc: BaseException | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "attempt": job.attempt,
+        "error": message.replace("\x00", "\ufffd")[:MAX_ERROR_CHARS],
+        "at": datetime.now(UTC).isoformat(),
+    }
+    if exc is not None:
+        trace = "".join(traceback.format_exception(exc)).replace("\x00", "\ufffd")
+        entry["traceback"] = trace[-MAX_TRACEBACK_CHARS:]
+    return entry

@@ -1,0 +1,159 @@
+-- Queries on odin.jobs. Every statement that changes a job's state also writes the matching
+-- event, numbered from jobs.last_event_seq while the row is locked.
+-- Writes that end or extend an attempt are fenced: they apply only while the job is still
+-- running under the same owner and attempt number.
+
+-- name: job_enqueue
+-- Insert jobs (parallel arrays, one element per job) with their first event, in input order.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(kind)s::text[], %(queue)s::text[], %(args)s::jsonb[], %(priority)s::smallint[],
+        %(max_attempts)s::integer[], %(timeout_seconds)s::float8[],
+        %(scheduled_at)s::timestamptz[]
+    ) WITH ORDINALITY
+        AS t(kind, queue, args, priority, max_attempts, timeout_seconds, scheduled_at, ord)
+),
+inserted AS (
+    INSERT INTO odin.jobs (
+        kind, queue, args, state, priority, max_attempts, timeout_seconds, scheduled_at,
+        last_event_seq
+    )
+    SELECT
+        kind, queue, args,
+        CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'queued' END::odin.job_state,
+        priority, max_attempts, timeout_seconds, coalesce(scheduled_at, now()), 1
+    FROM input
+    ORDER BY ord
+    RETURNING *
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, 1, state::text,
+        jsonb_build_object('queue', queue, 'scheduled_at', scheduled_at)
+    FROM inserted
+)
+SELECT * FROM inserted ORDER BY id;
+
+-- name: job_fetch
+-- Claim up to %(limit)s queued jobs of the given queues for %(owner)s, in priority order.
+WITH due AS (
+    SELECT id
+    FROM odin.jobs
+    WHERE state = 'queued' AND queue = ANY(%(queues)s::text[])
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE odin.jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        owner = %(owner)s,
+        attempted_at = now(),
+        progress = NULL,
+        last_event_seq = j.last_event_seq + 1
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.*
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, 'running', jsonb_build_object('attempt', attempt, 'owner', owner)
+    FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority DESC, scheduled_at, id;
+
+-- name: job_promote_scheduled
+-- Move up to %(limit)s scheduled jobs whose time has come to queued.
+WITH due AS (
+    SELECT id
+    FROM odin.jobs
+    WHERE state = 'scheduled' AND scheduled_at <= now()
+    ORDER BY scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE odin.jobs AS j
+    SET state = 'queued', last_event_seq = j.last_event_seq + 1
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.id, j.queue, j.last_event_seq
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, 'queued', jsonb_build_object('queue', queue)
+    FROM promoted
+)
+SELECT count(*) AS promoted FROM promoted;
+
+-- name: job_next_scheduled_at
+-- Time at which the earliest scheduled job becomes due, NULL when none is scheduled.
+SELECT min(scheduled_at) AS next_at FROM odin.jobs WHERE state = 'scheduled';
+
+-- name: job_record_outcomes
+-- End attempts of %(owner)s (parallel arrays, one element per job) and write their events.
+-- Returns the ids whose write applied; a missing id means the attempt was no longer owned.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(id)s::bigint[], %(attempt)s::integer[], %(state)s::odin.job_state[],
+        %(result)s::jsonb[], %(error)s::jsonb[], %(scheduled_at)s::timestamptz[],
+        %(event_type)s::text[], %(event_data)s::jsonb[]
+    ) AS t(id, attempt, state, result, error, scheduled_at, event_type, event_data)
+),
+updated AS (
+    UPDATE odin.jobs AS j
+    SET state = i.state,
+        owner = NULL,
+        result = i.result,
+        errors = CASE
+            WHEN i.error IS NULL THEN j.errors
+            ELSE j.errors || jsonb_build_array(i.error)
+        END,
+        scheduled_at = coalesce(i.scheduled_at, j.scheduled_at),
+        finalized_at = CASE
+            WHEN i.state IN ('completed', 'failed', 'cancelled') THEN now()
+        END,
+        last_event_seq = j.last_event_seq + 1
+    FROM input AS i
+    WHERE j.id = i.id
+        AND j.state = 'running'
+        AND j.owner = %(owner)s
+        AND j.attempt = i.attempt
+    RETURNING j.id, j.last_event_seq, i.event_type, i.event_data
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, event_type, event_data FROM updated
+)
+SELECT id FROM updated;
+
+-- name: job_append_event
+-- Write a progress or log event of a running attempt; no row when the attempt is not owned.
+WITH owned AS (
+    UPDATE odin.jobs
+    SET last_event_seq = last_event_seq + 1,
+        progress = CASE WHEN %(type)s = 'progress' THEN %(data)s::jsonb ELSE progress END
+    WHERE id = %(id)s AND state = 'running' AND owner = %(owner)s AND attempt = %(attempt)s
+    RETURNING id, last_event_seq
+)
+INSERT INTO odin.job_events (job_id, seq, type, data)
+SELECT id, last_event_seq, %(type)s, %(data)s::jsonb FROM owned
+RETURNING seq;
+
+-- name: job_get
+-- One job by id.
+SELECT * FROM odin.jobs WHERE id = %(id)s;
+
+-- name: job_list
+-- Jobs newest first, filtered by state, kind and queue when given, after the cursor id.
+SELECT *
+FROM odin.jobs
+WHERE (%(state)s::odin.job_state IS NULL OR state = %(state)s::odin.job_state)
+    AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+    AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s;
