@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from odin_ext.errors import (
     ClientError,
+    InvalidJobState,
     InvalidRequest,
     JobNotFound,
     PayloadTooLarge,
@@ -109,6 +110,37 @@ async def list_jobs() -> dict[str, Any]:
         "jobs": [_job_answer(job) for job in jobs],
         "next_cursor": str(jobs[-1].id) if has_more else None,
     }
+
+
+@api.post("/v1/jobs/<int:job_id>/cancel")
+async def cancel_job(job_id: int) -> dict[str, Any]:
+    await _load_job(job_id)
+    store = runtime().store
+    cancelled = await store.cancel(job_id, "cancel requested")
+    job = await _load_job(job_id)
+    if not cancelled:
+        raise InvalidJobState(
+            f"job {job_id} is already {job.state.value}; only scheduled, queued or running "
+            "jobs can be cancelled",
+            state=job.state.value,
+        )
+    logger.info("job cancelled", extra={"event": "job_cancelled", "job_id": job_id})
+    return _job_answer(job)
+
+
+@api.post("/v1/jobs/<int:job_id>/retry")
+async def retry_job(job_id: int) -> dict[str, Any]:
+    await _load_job(job_id)
+    store = runtime().store
+    retried = await store.retry(job_id)
+    job = await _load_job(job_id)
+    if not retried:
+        raise InvalidJobState(
+            f"job {job_id} is {job.state.value}; only failed or cancelled jobs can be retried",
+            state=job.state.value,
+        )
+    logger.info("job retry requested", extra={"event": "job_retry_requested", "job_id": job_id})
+    return _job_answer(job)
 
 
 @api.get("/v1/jobs/<int:job_id>/events")
@@ -308,13 +340,19 @@ def _job_answer(job: Job) -> dict[str, Any]:
     return answer
 
 
-def problem(status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None
-            ) -> Response:
-    """Build an RFC 9457 problem answer."""
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    **extensions: Any,
+) -> Response:
+    """Build an RFC 9457 problem answer; ``extensions`` become extra members."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
                             "detail": detail}
     if errors:
         body["errors"] = errors
+    body.update(extensions)
     return Response(json.dumps(body), status=status, content_type="application/problem+json")
 
 
@@ -323,7 +361,7 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(ClientError)
     async def _client_error(exc: ClientError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, exc.errors)
+        return problem(exc.status, exc.title, exc.detail, exc.errors, **exc.extensions)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:

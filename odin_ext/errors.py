@@ -20,10 +20,14 @@ class ClientError(ServiceError):
     status = 400
     title = "Bad request"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, errors: list[dict[str, Any]] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+        # Extra members of the problem document, for example the job's current state.
+        self.extensions = extensions
 
 
 class InvalidRequest(ClientError):
@@ -44,6 +48,11 @@ class UnknownKind(ClientError):
 class JobNotFound(ClientError):
     status = 404
     title = "Job not found"
+
+
+class InvalidJobState(ClientError):
+    status = 409
+    title = "Invalid job state"
 
 
 class PayloadTooLarge(ClientError):

@@ -20,6 +20,7 @@ import psycopg
 from odin_ext.db import create_pool
 from odin_ext.embedded import EmbeddedPostgres
 from odin_ext.kinds import Registry
+from odin_ext.leader import Leader
 from odin_ext.listener import Listener
 from odin_ext.migrations import migrate, pending_migrations
 from odin_ext.settings import Settings
@@ -50,7 +51,12 @@ class Runtime:
         self.store: JobStore = None  # type: ignore[assignment]
         self.broker: Broker = None  # type: ignore[assignment]
         self.listener: Listener | None = None
+        self.leader: Leader | None = None
         self.workers: WorkerPool | None = None
+        # Set while this process may claim jobs: it holds its liveness lock (or, in
+        # poll-only mode, keeps its heartbeat).
+        self.live = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
         self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -65,22 +71,38 @@ class Runtime:
         await self.pool.open(wait=True)
         self.store = JobStore(self.pool)
         self.broker = Broker(self.store, self.settings.stream_queue_size)
+        worker_id = await self.store.register_worker(self.owner)
         if self.settings.run_workers:
-            self.workers = WorkerPool(self.settings, self.store, self.registry, self.owner)
-        self.listener = Listener(
-            self.conninfo,
-            on_events=self.broker.on_notify,
-            on_jobs=self._on_jobs,
-            on_connected=self._on_listener_connected,
-        )
+            self.workers = WorkerPool(
+                self.settings, self.store, self.registry, self.owner, self.live
+            )
+        self.leader = Leader(self.settings, self.conninfo, self.store, self.owner)
+
         self.broker.start()
-        self.listener.start()
+        if self.settings.poll_only:
+            self.live.set()
+            self._background.append(
+                asyncio.create_task(self._poll_loop(), name="odin-poll-only")
+            )
+        else:
+            self.listener = Listener(
+                self.conninfo,
+                worker_id=worker_id,
+                on_events=self.broker.on_notify,
+                on_jobs=self._on_jobs,
+                on_cancel=self._on_cancel,
+                on_connected=self._on_listener_connected,
+                locked=self.live,
+            )
+            self.listener.start()
+        self.leader.start()
         if self.workers is not None:
             self.workers.start()
         logger.info(
             "odin started",
-            extra={"event": "odin_started", "owner": self.owner,
-                   "kinds": len(self.registry), "workers": self.settings.run_workers},
+            extra={"event": "odin_started", "owner": self.owner, "worker_id": worker_id,
+                   "kinds": len(self.registry), "workers": self.settings.run_workers,
+                   "poll_only": self.settings.poll_only},
         )
 
     def begin_shutdown(self) -> None:
@@ -98,6 +120,11 @@ class Runtime:
         self.begin_shutdown()
         if self._stop_task is not None:
             await self._stop_task
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.leader is not None:
+            await self.leader.stop()
         if self.broker is not None:
             await self.broker.stop()
         if self.listener is not None:
@@ -126,10 +153,29 @@ class Runtime:
         if self.workers is not None:
             self.workers.notify_queued(queue)
 
+    def _on_cancel(self, job_id: int) -> None:
+        if self.workers is not None:
+            self.workers.cancel_local(job_id, "job cancelled")
+
     def _on_listener_connected(self) -> None:
         self.broker.on_reconnect()
         if self.workers is not None:
             self.workers.notify_reconnected()
+
+    async def _poll_loop(self) -> None:
+        """Poll-only mode: heartbeat, re-read streams and check ownership on a timer."""
+        while True:
+            await asyncio.sleep(min(self.settings.heartbeat_interval_seconds,
+                                    self.settings.poll_interval_seconds))
+            try:
+                await self.store.heartbeat(self.owner)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                logger.warning("heartbeat failed", extra={"event": "heartbeat_failed",
+                                                          "error": repr(exc)})
+                continue
+            self.broker.on_reconnect()
+            if self.workers is not None:
+                self.workers.notify_reconnected()
 
 
 def start_embedded(data_dir: Path) -> EmbeddedPostgres:

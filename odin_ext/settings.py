@@ -117,6 +117,53 @@ class Settings(BaseSettings):
         ),
     )
 
+    poll_only: bool = Field(
+        default=False,
+        description=(
+            "Work without LISTEN/NOTIFY and session advisory locks, for a database reached "
+            "through a transaction-pooling PgBouncer: workers poll, liveness comes from "
+            "heartbeats, and streams poll for events."
+        ),
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="Poll-only mode: how often a worker records that it is alive."
+    )
+    heartbeat_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Poll-only mode: a worker without a heartbeat for this long is dead.",
+    )
+    leader_interval_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="How often replicas try to become leader, and the leader checks for dead workers.",
+    )
+    rescue_grace_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=600,
+        description=(
+            "How long a worker's liveness lock must stay free before its jobs are rescued; "
+            "gives workers time to take their lock again after a database restart."
+        ),
+    )
+    timeout_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How far past its timeout an attempt may run before the leader ends it.",
+    )
+    retention_completed_seconds: float = Field(
+        default=86_400.0, ge=0, description="How long completed jobs and their events are kept."
+    )
+    retention_failed_seconds: float = Field(
+        default=604_800.0, ge=0, description="How long failed jobs and their events are kept."
+    )
+    retention_cancelled_seconds: float = Field(
+        default=604_800.0, ge=0, description="How long cancelled jobs and their events are kept."
+    )
+
     shutdown_grace_seconds: float = Field(
         default=8.0,
         ge=0,
@@ -150,6 +197,16 @@ class Settings(BaseSettings):
             if not name or not all(part.isidentifier() for part in name.split(".")):
                 raise ValueError(f"expected dotted Python module names, got {name!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_poll_only(self) -> Settings:
+        if self.poll_only and self.heartbeat_timeout_seconds < 3 * self.heartbeat_interval_seconds:
+            raise ValueError(
+                f"heartbeat_timeout_seconds ({self.heartbeat_timeout_seconds}) must be at least "
+                f"three times heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) in "
+                "poll-only mode, or live workers would be taken for dead and their jobs run twice"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_pool(self) -> Settings:

@@ -20,6 +20,24 @@ from odin_ext.jobs import Event, Job, JobState
 from odin_ext.queries import QUERIES
 
 
+# First key of the advisory locks Odin takes (the bytes spell "odin"); the second key is a
+# worker id for liveness locks, and 0 for the leader lock.
+WORKER_LOCK_CLASS = 0x6F64696E
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How dead workers are told apart: lost advisory locks, or stale heartbeats (poll-only)."""
+
+    poll_only: bool = False
+    heartbeat_timeout_seconds: float = 30.0
+
+    def params(self) -> dict[str, Any]:
+        return {"poll_only": self.poll_only,
+                "heartbeat_timeout_seconds": self.heartbeat_timeout_seconds,
+                "lock_class": WORKER_LOCK_CLASS}
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A validated submission, ready to insert."""
@@ -133,6 +151,60 @@ class JobStore:
              "data": Jsonb(data)},
         )
         return rows[0]["seq"] if rows else None
+
+    async def cancel(self, job_id: int, reason: str) -> bool:
+        """Cancel the job unless it already reached a final state; return whether it did."""
+        rows = await self._fetch_all("job_cancel", {"id": job_id, "reason": reason})
+        return bool(rows)
+
+    async def retry(self, job_id: int) -> bool:
+        """Queue a failed or cancelled job again; return False when it is in another state."""
+        rows = await self._fetch_all("job_retry", {"id": job_id})
+        return bool(rows)
+
+    async def register_worker(self, owner: str) -> int:
+        """Record a worker process; return its id (the second key of its liveness lock)."""
+        rows = await self._fetch_all("worker_register", {"owner": owner})
+        return int(rows[0]["id"])
+
+    async def owned_job_ids(self, owner: str) -> set[int]:
+        rows = await self._fetch_all("worker_owned_jobs", {"owner": owner})
+        return {row["id"] for row in rows}
+
+    async def heartbeat(self, owner: str) -> None:
+        await self._fetch_all("worker_heartbeat", {"owner": owner})
+
+    async def unresponsive_owners(self, liveness: Liveness) -> set[str]:
+        """Return the owners of running jobs that look dead right now."""
+        rows = await self._fetch_all("workers_unresponsive", liveness.params())
+        return {row["owner"] for row in rows}
+
+    async def rescue(self, owners: Sequence[str], liveness: Liveness) -> list[dict[str, Any]]:
+        """Rescue the running jobs of those ``owners`` that are still dead; return them."""
+        if not owners:
+            return []
+        return await self._fetch_all("job_rescue", {"owners": list(owners), **liveness.params()})
+
+    async def rescue_overdue(self, grace_seconds: float) -> list[dict[str, Any]]:
+        """End attempts running ``grace_seconds`` past their timeout; return the jobs."""
+        return await self._fetch_all("job_rescue_overdue", {"grace_seconds": grace_seconds})
+
+    async def prune(self, retention_seconds: dict[str, float], limit: int) -> int:
+        """Delete up to ``limit`` finished jobs past their state's retention; return how many."""
+        rows = await self._fetch_all(
+            "job_prune",
+            {"completed_seconds": retention_seconds["completed"],
+             "failed_seconds": retention_seconds["failed"],
+             "cancelled_seconds": retention_seconds["cancelled"],
+             "limit": limit},
+        )
+        return int(rows[0]["pruned"]) if rows else 0
+
+    async def prune_workers(self, older_than_seconds: float) -> None:
+        await self._fetch_all(
+            "workers_prune",
+            {"older_than_seconds": older_than_seconds, "lock_class": WORKER_LOCK_CLASS},
+        )
 
     async def get(self, job_id: int) -> Job | None:
         rows = await self._fetch_all("job_get", {"id": job_id})

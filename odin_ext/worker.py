@@ -45,10 +45,18 @@ class WorkerPool:
     """Runs up to ``settings.worker_concurrency`` jobs of ``settings.queues`` at once."""
 
     def __init__(
-        self, settings: Settings, store: JobStore, registry: Registry, owner: str
+        self,
+        settings: Settings,
+        store: JobStore,
+        registry: Registry,
+        owner: str,
+        may_claim: asyncio.Event,
     ) -> None:
         self.settings = settings
         self.owner = owner
+        # Set while this process holds its liveness lock; claiming without it would let the
+        # leader rescue the claimed jobs at once.
+        self._may_claim = may_claim
         self._store = store
         self._registry = registry
         self._retry_policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
@@ -58,6 +66,8 @@ class WorkerPool:
         )
         # Running job tasks by job id; only the event loop thread touches this mapping.
         self._running: dict[int, asyncio.Task[None]] = {}
+        # Jobs whose task was cancelled because the attempt was lost; they record nothing.
+        self._lost: set[int] = set()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._schedule_changed = asyncio.Event()
@@ -87,9 +97,44 @@ class WorkerPool:
             self._wake.set()
 
     def notify_reconnected(self) -> None:
-        """Wake both loops: notifications may have been missed while disconnected."""
+        """Wake both loops and drop lost jobs: notifications may have been missed."""
         self._wake.set()
         self._schedule_changed.set()
+        if self._running:
+            asyncio.create_task(self.drop_lost_jobs(), name="odin-ownership-check")
+
+    def cancel_local(self, job_id: int, reason: str) -> bool:
+        """Cancel the task running ``job_id`` here, if any; it records nothing afterwards.
+
+        Called when the job was cancelled, rescued or timed out elsewhere: the job's own
+        ``CancelledError`` handlers may still clean up.
+        """
+        task = self._running.get(job_id)
+        if task is None or task.done():
+            return False
+        self._lost.add(job_id)
+        task.cancel(reason)
+        logger.info(
+            "job task cancelled",
+            extra={"event": "job_task_cancelled", "job_id": job_id, "reason": reason},
+        )
+        return True
+
+    async def drop_lost_jobs(self) -> None:
+        """Cancel the local tasks of jobs this worker no longer owns in the database."""
+        # Only jobs claimed before the query started: a later claim may not be visible to it.
+        candidates = dict(self._running)
+        try:
+            owned = await self._store.owned_job_ids(self.owner)
+        except Exception as exc:  # noqa: BLE001 - checked again after the next reconnect
+            logger.warning(
+                "ownership check failed",
+                extra={"event": "ownership_check_failed", "error": repr(exc)},
+            )
+            return
+        for job_id, task in candidates.items():
+            if job_id not in owned and self._running.get(job_id) is task:
+                self.cancel_local(job_id, "attempt no longer owned by this worker")
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming, let running jobs finish for ``grace_seconds``, then interrupt the rest.
@@ -126,6 +171,9 @@ class WorkerPool:
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                continue
+            if not self._may_claim.is_set():
+                await self._may_claim.wait()
                 continue
             limit = min(free, self.settings.fetch_batch_size)
             self._wake.clear()
@@ -187,6 +235,7 @@ class WorkerPool:
 
     def _job_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._lost.discard(job_id)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error(
@@ -200,10 +249,10 @@ class WorkerPool:
         try:
             outcome = await self._execute(job)
         except asyncio.CancelledError:
-            if not self._stopping.is_set():
+            if job.id in self._lost or not self._stopping.is_set():
                 raise
             outcome = self._interrupted(job)
-        if outcome is not None:
+        if outcome is not None and job.id not in self._lost:
             self._completer.submit(outcome)
         logger.debug(
             "job attempt ended",
@@ -326,8 +375,9 @@ class WorkerPool:
             job_id=job.id,
             attempt=job.attempt,
             state=JobState.QUEUED,
-            event_type="queued",
-            event_data={"queue": job.queue, "reason": "interrupted", "attempt": job.attempt},
+            event_type="interrupted",
+            event_data={"queue": job.queue, "attempt": job.attempt,
+                        "reason": "worker shut down before the attempt ended"},
         )
 
     def _log_recorded(self, outcome: Outcome, applied: bool) -> None:

@@ -48,6 +48,19 @@ CREATE INDEX jobs_scheduled_idx ON odin.jobs (scheduled_at) WHERE state = 'sched
 CREATE INDEX jobs_running_owner_idx ON odin.jobs (owner) WHERE state = 'running';
 CREATE INDEX jobs_state_kind_idx ON odin.jobs (state, kind, id);
 CREATE INDEX jobs_queue_idx ON odin.jobs (queue, id);
+-- The pruner deletes finished jobs by age.
+CREATE INDEX jobs_finalized_idx ON odin.jobs (state, finalized_at) WHERE finalized_at IS NOT NULL;
+
+-- Worker processes. Each holds the session advisory lock (WORKER_LOCK_CLASS, id) for as long
+-- as it lives, so a free lock means a dead process. Ids come from a sequence and are never
+-- reused, so a restarted process cannot be taken for the one that died.
+CREATE TABLE odin.workers (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner       text NOT NULL UNIQUE,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    -- Updated periodically by the worker; the only liveness signal in poll-only mode.
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
 
 -- No foreign key to jobs: events are written on the hot path of every job, and the job row
 -- is always locked by the writer anyway. Pruning deletes a job's events with the job.
@@ -63,7 +76,8 @@ CREATE TABLE odin.job_events (
 -- One NOTIFY per statement that writes events, carrying "job_id:seq" pairs (the highest
 -- sequence number per job), split to stay under NOTIFY's 8000-byte payload limit. Listeners
 -- read the events themselves from the table. Every path that makes a job due writes a
--- "queued" event naming its queue, so the same trigger wakes the workers of that queue.
+-- "queued", "rescued" or "interrupted" event naming its queue, so the same trigger wakes the
+-- workers of that queue.
 CREATE FUNCTION odin.notify_job_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -71,7 +85,8 @@ DECLARE
     item text;
 BEGIN
     FOR item IN
-        SELECT DISTINCT data->>'queue' FROM new_events WHERE type = 'queued'
+        SELECT DISTINCT data->>'queue' FROM new_events
+        WHERE type IN ('queued', 'rescued', 'interrupted')
     LOOP
         PERFORM pg_notify('odin_jobs', item);
     END LOOP;

@@ -157,3 +157,155 @@ WHERE (%(state)s::odin.job_state IS NULL OR state = %(state)s::odin.job_state)
     AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: job_rescue
+-- Hand the running jobs of dead owners back to the queue, or fail them when their attempts
+-- are used up. The owners are checked again here, so one that came back is left alone.
+WITH candidates AS (
+    SELECT unnest(%(owners)s::text[]) AS owner
+),
+dead AS (
+    SELECT c.owner
+    FROM candidates AS c
+    LEFT JOIN odin.workers AS w ON w.owner = c.owner
+    WHERE w.id IS NULL
+        OR CASE WHEN %(poll_only)s::boolean
+            THEN w.heartbeat_at < now() - make_interval(secs => %(heartbeat_timeout_seconds)s)
+            ELSE NOT EXISTS (
+                SELECT 1
+                FROM pg_locks AS l
+                WHERE l.locktype = 'advisory'
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.classid = %(lock_class)s::oid
+                    AND l.objid = w.id::oid
+                    AND l.objsubid = 2
+                    AND l.granted
+            )
+        END
+),
+rescued AS (
+    UPDATE odin.jobs AS j
+    SET state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END::odin.job_state,
+        owner = NULL,
+        finalized_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt,
+            'error', 'worker ' || dead.owner || ' stopped; attempt rescued',
+            'at', now()
+        )),
+        last_event_seq = j.last_event_seq + 1
+    FROM dead
+    WHERE j.state = 'running' AND j.owner = dead.owner
+    RETURNING j.id, j.queue, j.state, j.attempt, j.attempted_at, j.last_event_seq, dead.owner
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq,
+        CASE WHEN state = 'queued' THEN 'rescued' ELSE 'failed' END,
+        jsonb_build_object(
+            'queue', queue, 'attempt', attempt, 'owner', owner, 'reason', 'rescued',
+            'error', 'worker ' || owner || ' stopped; attempt rescued'
+        )
+    FROM rescued
+)
+SELECT id, state, owner, extract(epoch FROM now() - attempted_at) AS attempt_seconds
+FROM rescued;
+
+-- name: job_rescue_overdue
+-- End attempts that ran %(grace_seconds)s past their timeout, whatever their owner's health:
+-- retried when attempts remain, failed otherwise. Their owner's later writes are refused.
+WITH overdue AS (
+    SELECT id
+    FROM odin.jobs
+    WHERE state = 'running'
+        AND timeout_seconds IS NOT NULL
+        AND attempted_at + make_interval(secs => timeout_seconds + %(grace_seconds)s) < now()
+    FOR UPDATE SKIP LOCKED
+),
+ended AS (
+    UPDATE odin.jobs AS j
+    SET state = CASE WHEN j.attempt < j.max_attempts THEN 'queued' ELSE 'failed' END::odin.job_state,
+        owner = NULL,
+        finalized_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt,
+            'error', 'attempt timed out after ' || j.timeout_seconds || ' seconds',
+            'at', now()
+        )),
+        last_event_seq = j.last_event_seq + 1
+    FROM overdue
+    WHERE j.id = overdue.id
+    RETURNING j.id, j.queue, j.state, j.attempt, j.timeout_seconds, j.last_event_seq
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq,
+        CASE WHEN state = 'queued' THEN 'rescued' ELSE 'failed' END,
+        jsonb_build_object(
+            'queue', queue, 'attempt', attempt, 'reason', 'timeout',
+            'error', 'attempt timed out after ' || timeout_seconds || ' seconds'
+        )
+    FROM ended
+)
+SELECT id, state FROM ended;
+
+-- name: job_cancel
+-- Cancel a job that has not reached a final state, and tell its owner (if running) to stop.
+-- The row lock makes a cancel and a completion of the same job end in exactly one state.
+WITH cancelled AS (
+    UPDATE odin.jobs
+    SET state = 'cancelled',
+        owner = NULL,
+        finalized_at = now(),
+        last_event_seq = last_event_seq + 1
+    WHERE id = %(id)s AND state IN ('scheduled', 'queued', 'running')
+    RETURNING id, last_event_seq
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, 'cancelled', jsonb_build_object('reason', %(reason)s::text)
+    FROM cancelled
+),
+told AS (
+    SELECT pg_notify('odin_cancel', id::text) FROM cancelled
+)
+SELECT id, (SELECT count(*) FROM told) AS told FROM cancelled;
+
+-- name: job_retry
+-- Queue a failed or cancelled job again, with at least one attempt left.
+WITH retried AS (
+    UPDATE odin.jobs
+    SET state = 'queued',
+        finalized_at = NULL,
+        result = NULL,
+        scheduled_at = now(),
+        max_attempts = greatest(max_attempts, attempt + 1),
+        last_event_seq = last_event_seq + 1
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING id, queue, last_event_seq
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, 'queued', jsonb_build_object('queue', queue, 'reason', 'retry requested')
+    FROM retried
+)
+SELECT id FROM retried;
+
+-- name: job_prune
+-- Delete up to %(limit)s finished jobs older than their state's retention, with their events.
+WITH old AS (
+    SELECT id
+    FROM odin.jobs
+    WHERE (state = 'completed' AND finalized_at < now() - make_interval(secs => %(completed_seconds)s))
+        OR (state = 'failed' AND finalized_at < now() - make_interval(secs => %(failed_seconds)s))
+        OR (state = 'cancelled' AND finalized_at < now() - make_interval(secs => %(cancelled_seconds)s))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+gone AS (
+    DELETE FROM odin.jobs AS j USING old WHERE j.id = old.id RETURNING j.id
+),
+gone_events AS (
+    DELETE FROM odin.job_events AS e USING gone WHERE e.job_id = gone.id
+)
+SELECT count(*) AS pruned FROM gone;
