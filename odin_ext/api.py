@@ -7,14 +7,15 @@ Every error answer is an RFC 9457 problem document (``application/problem+json``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+import re
+from typing import Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 from quart import Blueprint, Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
@@ -31,40 +32,20 @@ from odin_ext.jobs import Job, JobState
 from odin_ext.kinds import describe_validation
 from odin_ext.payloads import UnstorableValue, check_storable
 from odin_ext.runtime import Runtime
-from odin_ext.settings import QueueName
-from odin_ext.store import NewJob
+from odin_ext.store import Enqueued, IdempotencyKeyReused, NewJob
+from odin_ext.submissions import SubmitRequest, build_from_request
 from odin_ext.streams import encode_comment, encode_event, encode_retry, follow
 
 logger = logging.getLogger(__name__)
 
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
 api = Blueprint("odin_api", __name__)
 
 MAX_JOB_ID = 2**63 - 1
-MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 RECONNECT_HINT_MS = 1000
-
-
-class SubmitRequest(BaseModel):
-    """Body of ``POST /v1/jobs``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Annotated[str, Field(min_length=1, max_length=200)]
-    args: dict[str, Any] = Field(default_factory=dict)
-    queue: QueueName | None = None
-    priority: Annotated[int, Field(ge=-100, le=100)] = 0
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0, le=7 * 24 * 3600)] | None = None
-    delay_seconds: Annotated[float, Field(ge=0, le=MAX_DELAY_SECONDS)] | None = None
-    run_at: AwareDatetime | None = None
-
-    @model_validator(mode="after")
-    def _one_start_time(self) -> SubmitRequest:
-        if self.delay_seconds is not None and self.run_at is not None:
-            raise ValueError("give either delay_seconds or run_at, not both")
-        return self
 
 
 def runtime() -> Runtime:
@@ -78,15 +59,90 @@ def runtime() -> Runtime:
 async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = await _json_body()
     submission = _parse(SubmitRequest, body)
+    kind = runtime().registry.get(submission.kind)
     new_job = _new_job(submission)
-    [job] = await runtime().store.enqueue([new_job])
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        entry = await _enqueue_idempotent(new_job, key, body)
+    else:
+        [entry] = await runtime().store.enqueue([new_job])
+    job = entry.job
+    if not entry.created and key is None and kind.options.unique is not None:
+        if kind.options.unique.on_conflict == "reject":
+            raise InvalidJobState(
+                f"a job of kind {kind.name!r} with the same unique key exists: job {job.id}, "
+                f"{job.state.value}",
+                state=job.state.value, job_id=job.id,
+            )
+    if entry.created:
+        _log_enqueued(job)
+    answer = _job_answer(job)
+    answer["created"] = entry.created
+    status = 202 if entry.created or key is not None else 200
+    headers = {"Location": answer["url"]}
+    if key is not None and not entry.created:
+        headers["Idempotent-Replayed"] = "true"
+    return answer, status, headers
+
+
+@api.post("/v1/jobs/bulk")
+async def submit_jobs() -> tuple[dict[str, Any], int]:
+    body = await _json_body()
+    if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
+        raise InvalidRequest('request body must be an object {"jobs": [...]} and nothing else')
+    items = body["jobs"]
+    limit = runtime().settings.max_bulk_jobs
+    if not items:
+        raise InvalidRequest("jobs must hold at least one job")
+    if len(items) > limit:
+        raise PayloadTooLarge(
+            f"{len(items)} jobs in one request, over the limit of {limit} (ODIN_MAX_BULK_JOBS)"
+        )
+    new_jobs, errors = [], []
+    for index, item in enumerate(items):
+        try:
+            new_jobs.append(_new_job(_parse(SubmitRequest, item)))
+        except ClientError as exc:
+            found = exc.errors or [{"field": "", "message": exc.detail}]
+            errors.extend({"index": index, **error} for error in found)
+    if errors:
+        raise ValidationFailed(
+            f"{len({e['index'] for e in errors})} of {len(items)} jobs are invalid; none was stored",
+            errors=errors,
+        )
+    entries = await runtime().store.enqueue(new_jobs)
+    logger.info(
+        "jobs enqueued",
+        extra={"event": "jobs_enqueued", "count": sum(e.created for e in entries)},
+    )
+    answers = []
+    for entry in entries:
+        answer = _job_answer(entry.job)
+        answer["created"] = entry.created
+        answers.append(answer)
+    return {"jobs": answers}, 202
+
+
+async def _enqueue_idempotent(new_job: NewJob, key: str, body: Any) -> Enqueued:
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    try:
+        return await runtime().store.enqueue_idempotent(new_job, key, request_hash)
+    except IdempotencyKeyReused:
+        raise ValidationFailed(
+            f"Idempotency-Key {key!r} was already used with a different request; "
+            "use a new key for a new request"
+        ) from None
+
+
+def _log_enqueued(job: Job) -> None:
     logger.info(
         "job enqueued",
         extra={"event": "job_enqueued", "job_id": job.id, "kind": job.kind, "queue": job.queue,
                "state": job.state.value},
     )
-    answer = _job_answer(job)
-    return answer, 202, {"Location": answer["url"]}
 
 
 @api.get("/v1/jobs/<int:job_id>")
@@ -132,7 +188,12 @@ async def cancel_job(job_id: int) -> dict[str, Any]:
 async def retry_job(job_id: int) -> dict[str, Any]:
     await _load_job(job_id)
     store = runtime().store
-    retried = await store.retry(job_id)
+    try:
+        retried = await store.retry(job_id)
+    except psycopg.errors.UniqueViolation:
+        raise InvalidJobState(
+            f"job {job_id} cannot be retried: another job with the same unique key is active"
+        ) from None
     job = await _load_job(job_id)
     if not retried:
         raise InvalidJobState(
@@ -168,6 +229,37 @@ async def stream_events(job_id: int) -> Response:
     )
     response.timeout = None  # an event stream may stay open as long as its job runs
     return response
+
+
+# Queues -----------------------------------------------------------------------------------
+
+
+@api.get("/v1/queues")
+async def list_queues() -> dict[str, Any]:
+    rows = await runtime().store.list_queues()
+    return {"queues": [{"name": r["name"], "paused": r["paused"], "counts": r["counts"]}
+                       for r in rows]}
+
+
+@api.post("/v1/queues/<queue>/pause")
+async def pause_queue(queue: str) -> dict[str, Any]:
+    return await _set_paused(queue, True)
+
+
+@api.post("/v1/queues/<queue>/resume")
+async def resume_queue(queue: str) -> dict[str, Any]:
+    return await _set_paused(queue, False)
+
+
+async def _set_paused(queue: str, paused: bool) -> dict[str, Any]:
+    if not QUEUE_NAME.match(queue):
+        raise InvalidRequest(f"queue name {queue[:80]!r} is invalid: use 1 to 128 of A-Z a-z 0-9 _ . : -")
+    row = await runtime().store.set_queue_paused(queue, paused)
+    logger.info(
+        "queue paused" if paused else "queue resumed",
+        extra={"event": "queue_paused" if paused else "queue_resumed", "queue": queue},
+    )
+    return {"name": row["name"], "paused": row["paused"]}
 
 
 # Kinds and health -------------------------------------------------------------------------
@@ -244,24 +336,11 @@ def _parse(model: type[SubmitRequest], body: Any) -> SubmitRequest:
 
 def _new_job(submission: SubmitRequest) -> NewJob:
     rt = runtime()
-    kind = rt.registry.get(submission.kind)
-    args = kind.validate_args(submission.args)
-    scheduled_at = None
-    if submission.run_at is not None:
-        scheduled_at = submission.run_at.astimezone(UTC)
-    elif submission.delay_seconds:
-        scheduled_at = datetime.now(UTC) + timedelta(seconds=submission.delay_seconds)
-    return NewJob(
-        kind=kind.name,
-        queue=submission.queue or kind.options.queue,
-        args=args,
-        priority=submission.priority,
-        max_attempts=(
-            submission.max_attempts or kind.options.max_attempts
-            or rt.settings.default_max_attempts
-        ),
-        timeout_seconds=submission.timeout_seconds or kind.options.timeout_seconds,
-        scheduled_at=scheduled_at,
+    return build_from_request(
+        rt.registry.get(submission.kind),
+        submission,
+        default_max_attempts=rt.settings.default_max_attempts,
+        max_args_bytes=rt.settings.max_args_bytes,
     )
 
 

@@ -51,6 +51,8 @@ class Job:
     scheduled_at: datetime
     attempted_at: datetime | None
     finalized_at: datetime | None
+    unique_key: str | None = None
+    concurrency_key: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -73,6 +75,8 @@ class Job:
             scheduled_at=row["scheduled_at"],
             attempted_at=row["attempted_at"],
             finalized_at=row["finalized_at"],
+            unique_key=row.get("unique_key"),
+            concurrency_key=row.get("concurrency_key"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -96,6 +100,8 @@ class Job:
             "scheduled_at": _iso(self.scheduled_at),
             "attempted_at": _iso(self.attempted_at),
             "finalized_at": _iso(self.finalized_at),
+            "unique_key": self.unique_key,
+            "concurrency_key": self.concurrency_key,
         }
 
 

@@ -12,6 +12,8 @@ another replica takes over at its next try. The leader runs:
 - the timeout backstop: attempts running ``timeout_grace_seconds`` past their timeout end
   even when their worker is alive but stuck (a blocked event loop, a sync job that ignores
   its timeout);
+- the periodic scheduler: each cron tick of a kind's ``Periodic`` schedules is enqueued
+  once, in the same transaction that records the tick as done;
 - the pruner: finished jobs, with their events, after the retention of their final state.
 
 In poll-only mode there is no election: every replica runs the duties, which are safe to run
@@ -23,26 +25,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
+from odin_ext.kinds import Kind, Periodic, Registry
 from odin_ext.settings import Settings
 from odin_ext.store import WORKER_LOCK_CLASS, JobStore, Liveness
+from odin_ext.submissions import build_job
 
 logger = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_BATCH = 1000
 WORKER_RECORD_RETENTION_SECONDS = 24 * 3600.0
+IDEMPOTENCY_KEY_RETENTION_SECONDS = 24 * 3600.0
+# A tick noticed later than this counts as missed (for schedules without catch-up).
+MISSED_TICK_SECONDS = 60.0
+
+
+def schedule_name(item: Kind, schedule: Periodic) -> str:
+    """Return the stable name under which a schedule's last tick is recorded."""
+    return schedule.name or f"{item.name}@{schedule.cron}@{schedule.timezone}"
 
 
 class Leader:
     """Competes for leadership and runs the leader's duties while it holds it."""
 
-    def __init__(self, settings: Settings, conninfo: str, store: JobStore, owner: str) -> None:
+    def __init__(
+        self, settings: Settings, conninfo: str, store: JobStore, owner: str, registry: Registry
+    ) -> None:
         self.settings = settings
+        self._schedules = [
+            (item, schedule) for item in registry for schedule in item.options.periodic
+        ]
         self._conninfo = conninfo
         self._store = store
         self._owner = owner
@@ -118,6 +136,7 @@ class Leader:
         try:
             await self._rescue_dead_owners()
             await self._end_overdue_attempts()
+            await self._enqueue_periodic()
             await self._maybe_prune()
         except (psycopg.Error, PoolTimeout) as exc:
             logger.warning("leader duty failed", extra={"event": "leader_duty_failed",
@@ -155,6 +174,32 @@ class Leader:
                 extra={"event": "job_timeout_rescued", "job_id": row["id"], "state": row["state"]},
             )
 
+    async def _enqueue_periodic(self) -> None:
+        now = datetime.now(UTC)
+        for item, schedule in self._schedules:
+            name = schedule_name(item, schedule)
+            tick = schedule.latest_tick(now)
+            last = await self._store.periodic_last_tick(name, tick)
+            if tick <= last:
+                continue
+            if not schedule.catch_up and (now - tick).total_seconds() > MISSED_TICK_SECONDS:
+                await self._store.skip_periodic(name, tick)
+                logger.info("missed periodic tick skipped",
+                            extra={"event": "periodic_skipped", "schedule": name,
+                                   "tick": tick.isoformat()})
+                continue
+            new_job = build_job(
+                item, schedule.args,
+                default_max_attempts=self.settings.default_max_attempts,
+                max_args_bytes=self.settings.max_args_bytes,
+                now=now,
+            )
+            job = await self._store.enqueue_periodic(name, tick, new_job)
+            if job is not None:
+                logger.info("periodic job enqueued",
+                            extra={"event": "periodic_enqueued", "schedule": name,
+                                   "tick": tick.isoformat(), "job_id": job.id})
+
     async def _maybe_prune(self) -> None:
         now = time.monotonic()
         if now < self._next_prune:
@@ -171,5 +216,6 @@ class Leader:
             if pruned < PRUNE_BATCH:
                 break
         await self._store.prune_workers(WORKER_RECORD_RETENTION_SECONDS)
+        await self._store.prune_idempotency_keys(IDEMPOTENCY_KEY_RETENTION_SECONDS)
         if total:
             logger.info("finished jobs pruned", extra={"event": "jobs_pruned", "count": total})

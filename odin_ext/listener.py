@@ -1,8 +1,8 @@
 """``Listener``: this process's one LISTEN connection, which also carries its liveness lock.
 
 Channels: ``odin_events`` carries ``job_id:seq`` pairs written by the event trigger,
-``odin_jobs`` the name of a queue with new due jobs, and ``odin_cancel`` the id of a job
-cancelled while running. Notifications sent while the connection is down are lost for good,
+``odin_jobs`` the name of a queue with new due jobs, ``odin_cancel`` the id of a job
+cancelled while running, and ``odin_schedule`` (no payload) that a job was scheduled. Notifications sent while the connection is down are lost for good,
 so after every (re)connect the listener calls ``on_connected`` and its users catch up from
 the tables.
 
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = "odin_events"
 JOBS_CHANNEL = "odin_jobs"
 CANCEL_CHANNEL = "odin_cancel"
+SCHEDULE_CHANNEL = "odin_schedule"
 
 RECONNECT_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
 CONNECT_TIMEOUT_SECONDS = 5
@@ -49,6 +50,7 @@ class Listener:
         on_events: Callable[[str], None],
         on_jobs: Callable[[str], None],
         on_cancel: Callable[[int], None],
+        on_schedule: Callable[[], None],
         on_connected: Callable[[], None],
         locked: asyncio.Event,
     ) -> None:
@@ -57,6 +59,7 @@ class Listener:
         self._on_events = on_events
         self._on_jobs = on_jobs
         self._on_cancel = on_cancel
+        self._on_schedule = on_schedule
         self._on_connected = on_connected
         self._task: asyncio.Task[None] | None = None
         # Set only while this session holds the liveness lock.
@@ -94,7 +97,7 @@ class Listener:
             self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
         ) as conn:
             await self._take_lock(conn)
-            for channel in (EVENTS_CHANNEL, JOBS_CHANNEL, CANCEL_CHANNEL):
+            for channel in (EVENTS_CHANNEL, JOBS_CHANNEL, CANCEL_CHANNEL, SCHEDULE_CHANNEL):
                 await conn.execute(f"LISTEN {channel}")
             self.locked.set()
             logger.info(
@@ -138,3 +141,5 @@ class Listener:
             self._on_jobs(payload)
         elif channel == CANCEL_CHANNEL and payload.isdigit():
             self._on_cancel(int(payload))
+        elif channel == SCHEDULE_CHANNEL:
+            self._on_schedule()

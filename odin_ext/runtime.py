@@ -76,7 +76,9 @@ class Runtime:
             self.workers = WorkerPool(
                 self.settings, self.store, self.registry, self.owner, self.live
             )
-        self.leader = Leader(self.settings, self.conninfo, self.store, self.owner)
+        self.leader = Leader(
+            self.settings, self.conninfo, self.store, self.owner, self.registry
+        )
 
         self.broker.start()
         if self.settings.poll_only:
@@ -91,6 +93,7 @@ class Runtime:
                 on_events=self.broker.on_notify,
                 on_jobs=self._on_jobs,
                 on_cancel=self._on_cancel,
+                on_schedule=self._on_schedule,
                 on_connected=self._on_listener_connected,
                 locked=self.live,
             )
@@ -152,6 +155,10 @@ class Runtime:
     def _on_jobs(self, queue: str) -> None:
         if self.workers is not None:
             self.workers.notify_queued(queue)
+
+    def _on_schedule(self) -> None:
+        if self.workers is not None:
+            self.workers.notify_schedule_changed()
 
     def _on_cancel(self, job_id: int) -> None:
         if self.workers is not None:

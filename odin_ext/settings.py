@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=10, ge=1, le=10_000, description="Most jobs this process runs at the same time."
     )
+    queue_concurrency: dict[QueueName, Annotated[int, Field(ge=1)]] = Field(
+        default={},
+        description=(
+            'Most jobs of a queue this process runs at once, as a JSON object, for example '
+            '{"mail": 2}; queues not named share worker_concurrency.'
+        ),
+    )
     fetch_batch_size: int = Field(
         default=100, ge=1, le=10_000, description="Most jobs claimed by one fetch statement."
     )
@@ -96,6 +103,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest accepted request body, in bytes."
+    )
+    max_bulk_jobs: int = Field(
+        default=5000, ge=1, le=100_000, description="Most jobs accepted in one bulk submission."
+    )
+    max_args_bytes: int = Field(
+        default=262_144, ge=64, description="Largest job arguments accepted, in bytes of JSON."
     )
     max_result_bytes: int = Field(
         default=1_048_576,
@@ -197,6 +210,16 @@ class Settings(BaseSettings):
             if not name or not all(part.isidentifier() for part in name.split(".")):
                 raise ValueError(f"expected dotted Python module names, got {name!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_queue_concurrency(self) -> Settings:
+        unknown = set(self.queue_concurrency) - set(self.queues)
+        if unknown:
+            raise ValueError(
+                f"queue_concurrency names queues this process does not serve: "
+                f"{', '.join(sorted(unknown))} (add them to ODIN_QUEUES)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_poll_only(self) -> Settings:

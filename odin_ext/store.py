@@ -23,6 +23,10 @@ from odin_ext.queries import QUERIES
 # First key of the advisory locks Odin takes (the bytes spell "odin"); the second key is a
 # worker id for liveness locks, and 0 for the leader lock.
 WORKER_LOCK_CLASS = 0x6F64696E
+DUPLICATE_RETRIES = 3
+
+# First key of the transaction locks that serialise claims of one concurrency key ("odik").
+CONCURRENCY_LOCK_CLASS = 0x6F64696B
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,22 @@ class NewJob:
     max_attempts: int
     timeout_seconds: float | None
     scheduled_at: datetime | None
+    unique_key: str | None = None
+    unique_states: tuple[JobState, ...] | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A submitted job, and whether this submission created it (False: a duplicate)."""
+
+    job: Job
+    created: bool
+
+
+class IdempotencyKeyReused(Exception):
+    """An idempotency key came back with a different request than the one that claimed it."""
 
 
 @dataclass(frozen=True)
@@ -79,30 +99,121 @@ class JobStore:
 
         return await retry_transient(run)
 
-    async def enqueue(self, new_jobs: Sequence[NewJob]) -> list[Job]:
-        """Insert jobs and their first events in one statement; return them in input order."""
+    async def enqueue(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Insert jobs and their first events; return them in input order.
+
+        A job with a unique key already held by another job is not inserted: its entry is
+        that other job, with ``created`` False.
+        """
         if not new_jobs:
             return []
+
+        async def run() -> list[Enqueued]:
+            async with self.pool.connection() as conn:
+                return await enqueue_on(conn, new_jobs)
+
+        for _ in range(DUPLICATE_RETRIES):
+            try:
+                return await retry_transient(run)
+            except DuplicateHolderGone:
+                continue
+        return await retry_transient(run)
+
+    async def enqueue_idempotent(
+        self, new_job: NewJob, key: str, request_hash: str
+    ) -> Enqueued:
+        """Insert a job unless ``key`` was used before; then return the job it created.
+
+        Raises ``IdempotencyKeyReused`` when the key was used with a different request.
+        """
+
+        async def run() -> Enqueued:
+            async with self.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    QUERIES["idempotency_claim"], {"key": key, "request_hash": request_hash}
+                )
+                if await cursor.fetchone() is not None:
+                    [entry] = await enqueue_on(conn, [new_job])
+                    await conn.execute(
+                        QUERIES["idempotency_bind"], {"key": key, "job_id": entry.job.id}
+                    )
+                    return entry
+                cursor = await conn.execute(QUERIES["idempotency_get"], {"key": key})
+                first = await cursor.fetchone()
+            if first is None or first["request_hash"] != request_hash:
+                raise IdempotencyKeyReused(key)
+            job = await self.get(first["job_id"]) if first["job_id"] is not None else None
+            if job is None:
+                raise IdempotencyKeyReused(key)
+            return Enqueued(job, created=False)
+
+        return await retry_transient(run)
+
+    async def fetch(self, owner: str, rooms: dict[str, int], limit: int) -> list[Job]:
+        """Claim queued jobs for ``owner``: up to ``rooms[queue]`` per queue, ``limit`` in all."""
         rows = await self._fetch_all(
-            "job_enqueue",
-            {
-                "kind": [j.kind for j in new_jobs],
-                "queue": [j.queue for j in new_jobs],
-                "args": [Jsonb(j.args) for j in new_jobs],
-                "priority": [j.priority for j in new_jobs],
-                "max_attempts": [j.max_attempts for j in new_jobs],
-                "timeout_seconds": [j.timeout_seconds for j in new_jobs],
-                "scheduled_at": [j.scheduled_at for j in new_jobs],
-            },
+            "job_fetch",
+            {"owner": owner, "queues": list(rooms), "rooms": list(rooms.values()),
+             "limit": limit},
         )
         return [Job.from_row(row) for row in rows]
 
-    async def fetch(self, owner: str, queues: Sequence[str], limit: int) -> list[Job]:
-        """Claim up to ``limit`` queued jobs for ``owner`` and mark them running."""
-        rows = await self._fetch_all(
-            "job_fetch", {"owner": owner, "queues": list(queues), "limit": limit}
-        )
-        return [Job.from_row(row) for row in rows]
+    async def fetch_limited(self, owner: str, queues: Sequence[str], limit: int) -> list[Job]:
+        """Claim jobs under concurrency limits, never more running per key than its limit."""
+
+        async def run() -> list[Job]:
+            async with self.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    QUERIES["job_lock_limited_keys"],
+                    {"queues": list(queues), "lock_class": CONCURRENCY_LOCK_CLASS},
+                )
+                keys = [row["concurrency_key"] for row in await cursor.fetchall()]
+                if not keys:
+                    return []
+                # A new statement, so a new snapshot: it sees every claim committed by the
+                # previous holder of these keys' locks.
+                cursor = await conn.execute(
+                    QUERIES["job_fetch_limited"],
+                    {"keys": keys, "queues": list(queues), "owner": owner, "limit": limit},
+                )
+                return [Job.from_row(row) for row in await cursor.fetchall()]
+
+        return await retry_transient(run)
+
+    async def set_queue_paused(self, queue: str, paused: bool) -> dict[str, Any]:
+        rows = await self._fetch_all("queue_set_paused", {"queue": queue, "paused": paused})
+        return rows[0]
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        return await self._fetch_all("queue_list", {})
+
+    async def enqueue_periodic(self, schedule: str, tick: datetime, new_job: NewJob) -> Job | None:
+        """Enqueue the job of ``schedule``'s ``tick`` unless that tick was enqueued already."""
+
+        async def run() -> Job | None:
+            async with self.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    QUERIES["periodic_advance"], {"schedule": schedule, "tick": tick}
+                )
+                if await cursor.fetchone() is None:
+                    return None
+                [entry] = await enqueue_on(conn, [new_job])
+                return entry.job
+
+        return await retry_transient(run)
+
+    async def periodic_last_tick(self, schedule: str, first_tick: datetime) -> datetime:
+        """Return the schedule's last tick, recording ``first_tick`` for a new schedule."""
+        await self._fetch_all("periodic_init", {"schedule": schedule, "tick": first_tick})
+        rows = await self._fetch_all("periodic_last_tick", {"schedule": schedule})
+        return rows[0]["last_tick"]  # type: ignore[no-any-return]
+
+    async def skip_periodic(self, schedule: str, tick: datetime) -> None:
+        """Move ``schedule`` to ``tick`` without enqueueing (a missed tick not caught up)."""
+        await self._fetch_all("periodic_advance", {"schedule": schedule, "tick": tick})
+
+    async def prune_idempotency_keys(self, older_than_seconds: float) -> None:
+        await self._fetch_all("idempotency_prune", {"older_than_seconds": older_than_seconds})
 
     async def promote_scheduled(self, limit: int) -> int:
         """Queue up to ``limit`` scheduled jobs that are due; return how many."""
@@ -243,3 +354,73 @@ class JobStore:
             {"job_id": list(after_by_job), "after": list(after_by_job.values())},
         )
         return [Event.from_row(row) for row in rows]
+
+
+async def enqueue_on(conn: Any, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
+    """Insert jobs on ``conn``, inside its current transaction if it has one.
+
+    Used by the store and by ``odin_ext.enqueue`` for enqueueing inside a caller's own
+    transaction. Duplicates of unique jobs come back as the job holding the key.
+    """
+    cursor = await conn.execute(QUERIES["job_enqueue"], enqueue_params(new_jobs))
+    inserted = [Job.from_row(row) for row in await cursor.fetchall()]
+    return await _match_inserted(conn, new_jobs, inserted)
+
+
+def enqueue_params(new_jobs: Sequence[NewJob]) -> dict[str, Any]:
+    """Build the parallel arrays of the ``job_enqueue`` query."""
+    return {
+        "kind": [j.kind for j in new_jobs],
+        "queue": [j.queue for j in new_jobs],
+        "args": [Jsonb(j.args) for j in new_jobs],
+        "priority": [j.priority for j in new_jobs],
+        "max_attempts": [j.max_attempts for j in new_jobs],
+        "timeout_seconds": [j.timeout_seconds for j in new_jobs],
+        "scheduled_at": [j.scheduled_at for j in new_jobs],
+        "unique_key": [j.unique_key for j in new_jobs],
+        "unique_states": [
+            None if j.unique_states is None
+            else "{" + ",".join(state.value for state in j.unique_states) + "}"
+            for j in new_jobs
+        ],
+        "concurrency_key": [j.concurrency_key for j in new_jobs],
+        "concurrency_limit": [j.concurrency_limit for j in new_jobs],
+    }
+
+
+async def _match_inserted(
+    conn: Any, new_jobs: Sequence[NewJob], inserted: list[Job]
+) -> list[Enqueued]:
+    # Rows come back in id order, which is input order; jobs without a unique key were all
+    # inserted, so they pair up in order, and jobs with one pair up by key.
+    plain = iter(job for job in inserted if job.unique_key is None)
+    by_key = {job.unique_key: job for job in inserted if job.unique_key is not None}
+    claimed: set[str] = set()
+    entries: list[Enqueued | None] = []
+    missing: list[str] = []
+    for new_job in new_jobs:
+        key = new_job.unique_key
+        if key is None:
+            entries.append(Enqueued(next(plain), created=True))
+        elif key in by_key and key not in claimed:
+            claimed.add(key)
+            entries.append(Enqueued(by_key[key], created=True))
+        else:
+            entries.append(None)
+            missing.append(key)
+    if missing:
+        cursor = await conn.execute(QUERIES["job_find_unique"], {"unique_keys": missing})
+        holders = {row["unique_key"]: Job.from_row(row) for row in await cursor.fetchall()}
+        holders.update(by_key)
+        for index, new_job in enumerate(new_jobs):
+            if entries[index] is None:
+                holder = holders.get(new_job.unique_key)
+                if holder is None:
+                    # The holder left its unique states in between; the caller may retry.
+                    raise DuplicateHolderGone(new_job.unique_key or "")
+                entries[index] = Enqueued(holder, created=False)
+    return [entry for entry in entries if entry is not None]
+
+
+class DuplicateHolderGone(Exception):
+    """A unique job's key holder changed state before it could be read; try again."""

@@ -73,6 +73,12 @@ class WorkerPool:
         self._schedule_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        # Queue of each running job, for the per-queue concurrency caps.
+        self._running_queues: dict[int, str] = {}
+        self._fetch_round = 0
+        self._has_limited_kinds = any(
+            item.options.concurrency_limit is not None for item in registry
+        )
 
     @property
     def running_count(self) -> int:
@@ -95,6 +101,10 @@ class WorkerPool:
         """Wake the fetch loop: jobs became due in ``queue``."""
         if queue in self.settings.queues:
             self._wake.set()
+
+    def notify_schedule_changed(self) -> None:
+        """Wake the scheduler loop: a job was scheduled, maybe earlier than it expects."""
+        self._schedule_changed.set()
 
     def notify_reconnected(self) -> None:
         """Wake both loops and drop lost jobs: notifications may have been missed."""
@@ -176,16 +186,39 @@ class WorkerPool:
                 await self._may_claim.wait()
                 continue
             limit = min(free, self.settings.fetch_batch_size)
+            rooms = self._rooms(limit)
             self._wake.clear()
-            jobs = await self._fetch(limit)
+            jobs = await self._fetch(rooms, limit)
             for job in jobs:
                 self._start_job(job)
             if len(jobs) < limit:
                 await self._wait_for_work()
 
-    async def _fetch(self, limit: int) -> list[Job]:
+    def _rooms(self, limit: int) -> dict[str, int]:
+        """Return how many jobs each queue may claim now, in a rotating order for fairness."""
+        caps = self.settings.queue_concurrency
+        running: dict[str, int] = {}
+        for queue in self._running_queues.values():
+            running[queue] = running.get(queue, 0) + 1
+        queues = self.settings.queues
+        offset = self._fetch_round % len(queues)
+        self._fetch_round += 1
+        rooms = {}
+        for queue in queues[offset:] + queues[:offset]:
+            cap = caps.get(queue)
+            room = limit if cap is None else min(limit, cap - running.get(queue, 0))
+            if room > 0:
+                rooms[queue] = room
+        return rooms
+
+    async def _fetch(self, rooms: dict[str, int], limit: int) -> list[Job]:
+        if not rooms:
+            return []
         try:
-            return await self._store.fetch(self.owner, self.settings.queues, limit)
+            jobs = await self._store.fetch(self.owner, rooms, limit)
+            if len(jobs) < limit and self._has_limited_kinds:
+                jobs += await self._store.fetch_limited(self.owner, list(rooms), limit - len(jobs))
+            return jobs
         except Exception as exc:  # noqa: BLE001 - the loop must outlive database outages
             logger.warning(
                 "fetching jobs failed",
@@ -226,6 +259,7 @@ class WorkerPool:
     def _start_job(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"odin-job-{job.id}")
         self._running[job.id] = task
+        self._running_queues[job.id] = job.queue
         task.add_done_callback(functools.partial(self._job_done, job.id))
         logger.debug(
             "job fetched",
@@ -235,6 +269,7 @@ class WorkerPool:
 
     def _job_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._running_queues.pop(job_id, None)
         self._lost.discard(job_id)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:

@@ -5,26 +5,34 @@
 
 -- name: job_enqueue
 -- Insert jobs (parallel arrays, one element per job) with their first event, in input order.
+-- A job whose unique key is already taken by a job in one of its unique states is skipped;
+-- the caller finds that job with job_find_unique.
 WITH input AS (
     SELECT *
     FROM unnest(
         %(kind)s::text[], %(queue)s::text[], %(args)s::jsonb[], %(priority)s::smallint[],
         %(max_attempts)s::integer[], %(timeout_seconds)s::float8[],
-        %(scheduled_at)s::timestamptz[]
-    ) WITH ORDINALITY
-        AS t(kind, queue, args, priority, max_attempts, timeout_seconds, scheduled_at, ord)
+        %(scheduled_at)s::timestamptz[], %(unique_key)s::text[], %(unique_states)s::text[],
+        %(concurrency_key)s::text[], %(concurrency_limit)s::integer[]
+    ) WITH ORDINALITY AS t(
+        kind, queue, args, priority, max_attempts, timeout_seconds, scheduled_at,
+        unique_key, unique_states, concurrency_key, concurrency_limit, ord
+    )
 ),
 inserted AS (
     INSERT INTO odin.jobs (
         kind, queue, args, state, priority, max_attempts, timeout_seconds, scheduled_at,
-        last_event_seq
+        last_event_seq, unique_key, unique_states, concurrency_key, concurrency_limit
     )
     SELECT
         kind, queue, args,
         CASE WHEN scheduled_at > now() THEN 'scheduled' ELSE 'queued' END::odin.job_state,
-        priority, max_attempts, timeout_seconds, coalesce(scheduled_at, now()), 1
+        priority, max_attempts, timeout_seconds, coalesce(scheduled_at, now()), 1,
+        unique_key, unique_states::odin.job_state[], concurrency_key, concurrency_limit
     FROM input
     ORDER BY ord
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+        DO NOTHING
     RETURNING *
 ),
 events AS (
@@ -35,15 +43,101 @@ events AS (
 )
 SELECT * FROM inserted ORDER BY id;
 
+-- name: job_find_unique
+-- The jobs that currently hold the given unique keys.
+SELECT * FROM odin.jobs
+WHERE unique_key = ANY(%(unique_keys)s::text[]) AND state = ANY (unique_states);
+
 -- name: job_fetch
--- Claim up to %(limit)s queued jobs of the given queues for %(owner)s, in priority order.
-WITH due AS (
-    SELECT id
-    FROM odin.jobs
-    WHERE state = 'queued' AND queue = ANY(%(queues)s::text[])
-    ORDER BY priority DESC, scheduled_at, id
+-- Claim queued jobs for %(owner)s: up to the given number per queue (parallel arrays) and
+-- %(limit)s in all, skipping paused queues and jobs under a concurrency limit.
+WITH wanted AS (
+    SELECT w.queue, w.room, w.ord
+    FROM unnest(%(queues)s::text[], %(rooms)s::integer[]) WITH ORDINALITY AS w(queue, room, ord)
+    WHERE w.room > 0
+        AND NOT EXISTS (SELECT 1 FROM odin.queues AS q WHERE q.name = w.queue AND q.paused)
+),
+due AS (
+    SELECT d.id
+    FROM wanted
+    CROSS JOIN LATERAL (
+        SELECT id
+        FROM odin.jobs
+        WHERE state = 'queued' AND queue = wanted.queue AND concurrency_key IS NULL
+        ORDER BY priority DESC, scheduled_at, id
+        LIMIT wanted.room
+        FOR UPDATE SKIP LOCKED
+    ) AS d
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE odin.jobs AS j
+    SET state = 'running',
+        attempt = j.attempt + 1,
+        owner = %(owner)s,
+        attempted_at = now(),
+        progress = NULL,
+        last_event_seq = j.last_event_seq + 1
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.*
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, last_event_seq, 'running', jsonb_build_object('attempt', attempt, 'owner', owner)
+    FROM claimed
+)
+SELECT * FROM claimed ORDER BY priority DESC, scheduled_at, id;
+
+-- name: job_lock_limited_keys
+-- Take the transaction lock of up to 100 concurrency keys with queued jobs in the given
+-- queues, oldest first, skipping keys another claimer holds. Claims of one key are thereby
+-- serialised, and the next statement of the transaction sees every committed claim.
+SELECT k.concurrency_key
+FROM (
+    SELECT concurrency_key, min(scheduled_at) AS first_at
+    FROM odin.jobs
+    WHERE state = 'queued'
+        AND concurrency_key IS NOT NULL
+        AND queue = ANY(%(queues)s::text[])
+        AND NOT EXISTS (SELECT 1 FROM odin.queues AS q WHERE q.name = queue AND q.paused)
+    GROUP BY concurrency_key
+    ORDER BY first_at
+    LIMIT 100
+) AS k
+WHERE pg_try_advisory_xact_lock(%(lock_class)s, hashtext(k.concurrency_key));
+
+-- name: job_fetch_limited
+-- Claim jobs of the locked concurrency keys, as many per key as its limit leaves room for.
+WITH keys AS (
+    SELECT unnest(%(keys)s::text[]) AS key
+),
+room AS (
+    SELECT keys.key,
+        (
+            SELECT j.concurrency_limit FROM odin.jobs AS j
+            WHERE j.state = 'queued' AND j.concurrency_key = keys.key
+            ORDER BY j.priority DESC, j.scheduled_at, j.id
+            LIMIT 1
+        ) - (
+            SELECT count(*) FROM odin.jobs AS r
+            WHERE r.state = 'running' AND r.concurrency_key = keys.key
+        ) AS free
+    FROM keys
+),
+due AS (
+    SELECT d.id
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT id
+        FROM odin.jobs
+        WHERE state = 'queued' AND concurrency_key = room.key
+            AND queue = ANY(%(queues)s::text[])
+        ORDER BY priority DESC, scheduled_at, id
+        LIMIT greatest(room.free, 0)
+        FOR UPDATE SKIP LOCKED
+    ) AS d
+    LIMIT %(limit)s
 ),
 claimed AS (
     UPDATE odin.jobs AS j
