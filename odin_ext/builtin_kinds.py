@@ -1,8 +1,9 @@
 """Job kinds that ship with Odin: demonstrations that do real work, and small kinds for tests.
 
 - ``countdown`` waits like an I/O-bound job, reporting progress and log lines as it goes.
-- ``primes`` is CPU-bound: it counts the primes below a limit, reporting progress.
-- ``checksum`` hashes generated data in rounds, CPU-bound with a verifiable result.
+- ``primes`` is CPU-bound: it counts the primes below a limit in a child process (offloaded),
+  reporting progress.
+- ``checksum`` hashes a text in rounds, CPU-bound (offloaded) with a verifiable result.
 - ``noop``, ``echo``, ``sleep`` and ``fail`` are small building blocks for tests and benchmarks.
 """
 
@@ -32,7 +33,7 @@ async def countdown(ctx: JobContext, steps: int = 5, interval_seconds: float = 1
     return {"steps": steps, "elapsed_seconds": round(steps * interval_seconds, 3)}
 
 
-@kind(timeout_seconds=3600)
+@kind(timeout_seconds=3600, offload=True)
 def primes(ctx: SyncJobContext, limit: int = 1_000_000) -> dict[str, Any]:
     """Count the primes below ``limit`` with a segmented sieve; return the count and the largest."""
     if not 2 <= limit <= 2_000_000_000:
@@ -65,7 +66,7 @@ def primes(ctx: SyncJobContext, limit: int = 1_000_000) -> dict[str, Any]:
     return {"limit": limit, "count": count, "largest": largest}
 
 
-@kind(timeout_seconds=3600)
+@kind(timeout_seconds=3600, offload=True)
 def checksum(ctx: SyncJobContext, text: str = "odin", rounds: int = 100_000) -> dict[str, Any]:
     """Apply SHA-256 ``rounds`` times to ``text``; return the final digest."""
     if not 1 <= rounds <= 100_000_000:

@@ -253,6 +253,8 @@ def build_kind(function: Callable[..., Any], options: KindOptions) -> Kind:
     is_async = inspect.iscoroutinefunction(function)
     if options.offload and is_async:
         raise TypeError(f"kind {name!r}: only sync functions can be offloaded to a process")
+    if options.offload and "<locals>" in function.__qualname__:
+        raise TypeError(f"kind {name!r}: an offloaded function must be defined at module level")
     hints = get_type_hints(function)
     fields: dict[str, Any] = {}
     context_parameter = None

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
             '{"mail": 2}; queues not named share worker_concurrency.'
         ),
     )
+    offload_processes: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Child processes that run offloaded (CPU-bound) kinds; started on first use.",
+    )
     fetch_batch_size: int = Field(
         default=100, ge=1, le=10_000, description="Most jobs claimed by one fetch statement."
     )

@@ -8,9 +8,13 @@ thread pool the size of the worker concurrency, so they never block the loop.
 
 Outcomes go to the ``Completer``, which writes them in batches.
 
+Kinds marked ``offload`` run in a process pool instead (see ``odin_ext.offload``), where a
+cancel or timeout kills the process.
+
 Limitations:
-- A sync job that exceeds its timeout is abandoned, not stopped: Python cannot stop a thread,
-  so the thread runs on until the function returns, while its job is already retried or failed.
+- A sync job (not offloaded) that exceeds its timeout or is cancelled is abandoned, not
+  stopped: Python cannot stop a thread, so the thread runs on until the function returns,
+  while its job is already retried, failed or cancelled. Offload kinds that must really stop.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from odin_ext.context import JobContext, JobInfo, SyncJobContext
 from odin_ext.errors import AttemptLost, CancelJob, RetryLater, UnknownKind
 from odin_ext.jobs import Job, JobState
 from odin_ext.kinds import Kind, Registry
+from odin_ext.offload import OffloadedJobFailed, ProcessPool
 from odin_ext.payloads import UnstorableValue, check_storable, json_size
 from odin_ext.retry import RetryPolicy
 from odin_ext.settings import Settings
@@ -61,6 +66,8 @@ class WorkerPool:
         self._registry = registry
         self._retry_policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self._completer = Completer(store, owner, on_recorded=self._log_recorded)
+        # Started on the first offloaded job, so processes that never offload pay nothing.
+        self._processes: ProcessPool | None = None
         self._threads = ThreadPoolExecutor(
             max_workers=settings.worker_concurrency, thread_name_prefix="odin-job"
         )
@@ -171,6 +178,8 @@ class WorkerPool:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
         await self._completer.stop(max(1.0, deadline - time.monotonic() + 2.0))
         self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()
         logger.info("worker pool stopped", extra={"event": "worker_pool_stopped"})
 
     # The fetch loop -------------------------------------------------------------------
@@ -335,10 +344,28 @@ class WorkerPool:
             if kind.context_parameter:
                 arguments[kind.context_parameter] = context
             return await kind.function(**arguments)
+        if kind.options.offload:
+            return await self._offload(kind, arguments, info, context)
         if kind.context_parameter:
             arguments[kind.context_parameter] = SyncJobContext(context, asyncio.get_running_loop())
         call = functools.partial(kind.function, **arguments)
         return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    async def _offload(
+        self, kind: Kind, arguments: dict[str, Any], info: JobInfo, context: JobContext
+    ) -> Any:
+        if self._processes is None:
+            self._processes = ProcessPool(self.settings.offload_processes)
+
+        async def relay(report: tuple[Any, ...]) -> None:
+            if report[0] == "progress":
+                await context.progress(report[1], report[2])
+            else:
+                await context.log(report[1], report[2])
+
+        return await self._processes.run(
+            kind.function, arguments, kind.context_parameter, info, relay
+        )
 
     async def _write_event(self, job: Job, event_type: str, data: dict[str, Any]) -> int | None:
         return await self._store.append_event(job.id, job.attempt, self.owner, event_type, data)
@@ -450,7 +477,9 @@ def _error_entry(job: Job, message: str, exc: BaseException | None) -> dict[str,
         "error": message.replace("\x00", "\ufffd")[:MAX_ERROR_CHARS],
         "at": datetime.now(UTC).isoformat(),
     }
-    if exc is not None:
+    if isinstance(exc, OffloadedJobFailed) and exc.child_traceback:
+        entry["traceback"] = exc.child_traceback.replace("\x00", "\ufffd")[-MAX_TRACEBACK_CHARS:]
+    elif exc is not None:
         trace = "".join(traceback.format_exception(exc)).replace("\x00", "\ufffd")
         entry["traceback"] = trace[-MAX_TRACEBACK_CHARS:]
     return entry
