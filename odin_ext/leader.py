@@ -7,8 +7,9 @@ another replica takes over at its next try. The leader runs:
 
 - the rescuer: the running jobs of a worker whose liveness lock has been free for
   ``rescue_grace_seconds`` go back to the queue, or fail when their attempts are used up.
-  The grace gives workers time to take their own lock again after a database restart,
-  which frees every lock at once;
+  A new leader waits ``TAKEOVER_GRACE_SECONDS`` before its first rescue, because it may
+  have been elected after a database restart, which frees every lock at once: workers get
+  that long to reconnect and take their own lock again;
 - the timeout backstop: attempts running ``timeout_grace_seconds`` past their timeout end
   even when their worker is alive but stuck (a blocked event loop, a sync job that ignores
   its timeout);
@@ -42,6 +43,8 @@ PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_BATCH = 1000
 WORKER_RECORD_RETENTION_SECONDS = 24 * 3600.0
 IDEMPOTENCY_KEY_RETENTION_SECONDS = 24 * 3600.0
+# A new leader rescues nothing before this; see ``_rescue_dead_owners``.
+TAKEOVER_GRACE_SECONDS = 3.0
 # A tick noticed later than this counts as missed (for schedules without catch-up).
 MISSED_TICK_SECONDS = 60.0
 
@@ -70,6 +73,7 @@ class Leader:
         # Owner -> monotonic time it was first seen without its liveness lock.
         self._suspects: dict[str, float] = {}
         self._next_prune = 0.0
+        self._office_since = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -123,6 +127,7 @@ class Leader:
     def _take_office(self) -> None:
         self.is_leader = True
         self._suspects.clear()
+        self._office_since = time.monotonic()
         logger.info("leader elected", extra={"event": "leader_elected", "owner": self._owner})
 
     def _step_down(self, reason: str) -> None:
@@ -150,6 +155,10 @@ class Leader:
                 del self._suspects[owner]
         for owner in suspects:
             self._suspects.setdefault(owner, now)
+        if now - self._office_since < TAKEOVER_GRACE_SECONDS:
+            # A new leader may have taken over because the database restarted, which freed
+            # every liveness lock at once: give workers time to reconnect and take theirs.
+            return
         due = [o for o, since in self._suspects.items()
                if now - since >= self.settings.rescue_grace_seconds]
         if not due:

@@ -31,7 +31,9 @@ JOBS_CHANNEL = "odin_jobs"
 CANCEL_CHANNEL = "odin_cancel"
 SCHEDULE_CHANNEL = "odin_schedule"
 
-RECONNECT_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
+# Capped well below the leader's takeover grace, so that after a database restart every
+# worker holds its lock again before a new leader may rescue anything.
+RECONNECT_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 CONNECT_TIMEOUT_SECONDS = 5
 
 

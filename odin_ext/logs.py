@@ -55,6 +55,22 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class _ListenedQueueHandler(logging.handlers.QueueHandler):
+    """A queue handler that knows the listener draining its queue, so it can be flushed."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord],
+                 listener: logging.handlers.QueueListener) -> None:
+        super().__init__(records)
+        self.listener = listener
+
+
+def flush_logs() -> None:
+    """Write out every queued log record; call before leaving with ``os._exit``."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _ListenedQueueHandler):
+            handler.listener.stop()
+
+
 def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
     """Send Odin's logs to stderr; JSON lines unless stderr is a terminal (or as told)."""
     if json_lines is None:
@@ -67,8 +83,9 @@ def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
     listener.start()
     atexit.register(listener.stop)
 
+    handler = _ListenedQueueHandler(records, listener)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [handler]
     root.setLevel(level)
     # Hypercorn's access log repeats what the API logs; keep its errors only.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from quart import Quart
 
+from odin_ext.logs import flush_logs
 from odin_ext.runtime import Runtime
 from odin_ext.settings import Settings
 
@@ -57,6 +59,21 @@ async def serve(app: Quart, settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await hypercorn_serve(app, hypercorn_config(settings), shutdown_trigger=shutdown.wait)
+    _exit_if_threads_abandoned(runtime)
+
+
+def _exit_if_threads_abandoned(runtime: Runtime) -> None:
+    # A sync job cancelled at shutdown keeps its thread until the function returns, and the
+    # interpreter would wait for it at exit, past the platform's kill deadline. Its job is
+    # already handed back to the queue, so leave now.
+    busy = runtime.workers.busy_threads if runtime.workers is not None else 0
+    if busy:
+        logger.warning(
+            "exiting with sync jobs still running in threads",
+            extra={"event": "threads_abandoned", "count": busy},
+        )
+        flush_logs()
+        os._exit(0)
 
 
 def _bracket(host: str) -> str:

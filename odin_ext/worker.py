@@ -23,8 +23,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -68,6 +70,8 @@ class WorkerPool:
         self._completer = Completer(store, owner, on_recorded=self._log_recorded)
         # Started on the first offloaded job, so processes that never offload pay nothing.
         self._processes: ProcessPool | None = None
+        self._threads_busy = 0
+        self._threads_lock = threading.Lock()
         self._threads = ThreadPoolExecutor(
             max_workers=settings.worker_concurrency, thread_name_prefix="odin-job"
         )
@@ -348,8 +352,22 @@ class WorkerPool:
             return await self._offload(kind, arguments, info, context)
         if kind.context_parameter:
             arguments[kind.context_parameter] = SyncJobContext(context, asyncio.get_running_loop())
-        call = functools.partial(kind.function, **arguments)
+        call = functools.partial(self._in_thread, functools.partial(kind.function, **arguments))
         return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        with self._threads_lock:
+            self._threads_busy += 1
+        try:
+            return call()
+        finally:
+            with self._threads_lock:
+                self._threads_busy -= 1
+
+    @property
+    def busy_threads(self) -> int:
+        """Sync jobs still running in threads, including abandoned ones (cancelled, timed out)."""
+        return self._threads_busy
 
     async def _offload(
         self, kind: Kind, arguments: dict[str, Any], info: JobInfo, context: JobContext
