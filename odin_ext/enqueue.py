@@ -42,8 +42,7 @@ async def enqueue(
     runs. A duplicate of a unique job returns the job that holds the key.
     """
     new_job = _build(kind, args, options)
-    cursor_conn = _with_dict_rows(conn)
-    [entry] = await enqueue_on(cursor_conn, [new_job])
+    [entry] = await enqueue_on(_DictRowConnection(conn), [new_job])
     return entry.job
 
 
@@ -60,7 +59,7 @@ def enqueue_sync(
     """
     new_job = _build(kind, args, options)
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(QUERIES["job_enqueue"], enqueue_params([new_job]))
+        cursor.execute(QUERIES["job_enqueue"], enqueue_params([new_job]), prepare=False)
         row = cursor.fetchone()
     if row is None:
         raise LookupError(f"a job of kind {new_job.kind!r} with the same unique key exists")
@@ -91,11 +90,7 @@ class _DictRowConnection:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    async def execute(self, query: str, params: dict[str, Any]) -> Any:
+    async def execute(self, query: str, params: dict[str, Any], **options: Any) -> Any:
         cursor = self._conn.cursor(row_factory=dict_row)
-        await cursor.execute(query, params)
+        await cursor.execute(query, params, **options)
         return cursor
-
-
-def _with_dict_rows(conn: psycopg.AsyncConnection[Any]) -> Any:
-    return _DictRowConnection(conn)
