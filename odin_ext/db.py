@@ -92,8 +92,10 @@ async def retry_transient(
 def create_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
     """Create (not open) the connection pool; open it with ``await pool.open(wait=True)``.
 
-    Connections are checked before use, so after a database restart callers wait for a good
-    connection instead of failing on a stale one.
+    Connections are not checked before use: a check costs a round trip on every query.
+    After a database restart, each stale connection fails its next query once with an
+    ``OperationalError``, which ``retry_transient`` retries on a fresh connection, and the
+    listener's reconnection calls ``pool.check()`` to drop the rest at once.
     """
     return AsyncConnectionPool(
         conninfo,
@@ -101,7 +103,6 @@ def create_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
         kwargs={"row_factory": dict_row, "autocommit": False},
-        check=AsyncConnectionPool.check_connection,
         open=False,
         name="odin",
     )

@@ -56,7 +56,7 @@ class Runtime:
         # Set while this process may claim jobs: it holds its liveness lock (or, in
         # poll-only mode, keeps its heartbeat).
         self.live = asyncio.Event()
-        self._background: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -83,9 +83,7 @@ class Runtime:
         self.broker.start()
         if self.settings.poll_only:
             self.live.set()
-            self._background.append(
-                asyncio.create_task(self._poll_loop(), name="odin-poll-only")
-            )
+            self._background.add(asyncio.create_task(self._poll_loop(), name="odin-poll-only"))
         else:
             self.listener = Listener(
                 self.conninfo,
@@ -165,6 +163,10 @@ class Runtime:
             self.workers.cancel_local(job_id, "job cancelled")
 
     def _on_listener_connected(self) -> None:
+        # After a lost connection, the pool's connections may be stale as well.
+        check = asyncio.create_task(self.pool.check(), name="odin-pool-check")
+        self._background.add(check)
+        check.add_done_callback(self._background.discard)
         self.broker.on_reconnect()
         if self.workers is not None:
             self.workers.notify_reconnected()
