@@ -7,9 +7,9 @@ another replica takes over at its next try. The leader runs:
 
 - the rescuer: the running jobs of a worker whose liveness lock has been free for
   ``rescue_grace_seconds`` go back to the queue, or fail when their attempts are used up.
-  A new leader waits ``TAKEOVER_GRACE_SECONDS`` before its first rescue, because it may
-  have been elected after a database restart, which frees every lock at once: workers get
-  that long to reconnect and take their own lock again;
+  A database restart frees every lock at once, so nothing is rescued until the database
+  has been up for ``TAKEOVER_GRACE_SECONDS``: workers get that long to reconnect and take
+  their own lock again. A leader elected because the previous one died rescues at once;
 - the timeout backstop: attempts running ``timeout_grace_seconds`` past their timeout end
   even when their worker is alive but stuck (a blocked event loop, a sync job that ignores
   its timeout);
@@ -43,7 +43,7 @@ PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_BATCH = 1000
 WORKER_RECORD_RETENTION_SECONDS = 24 * 3600.0
 IDEMPOTENCY_KEY_RETENTION_SECONDS = 24 * 3600.0
-# A new leader rescues nothing before this; see ``_rescue_dead_owners``.
+# Nothing is rescued until the database has been up this long; see ``_take_office``.
 TAKEOVER_GRACE_SECONDS = 3.0
 # A tick noticed later than this counts as missed (for schedules without catch-up).
 MISSED_TICK_SECONDS = 60.0
@@ -73,7 +73,7 @@ class Leader:
         # Owner -> monotonic time it was first seen without its liveness lock.
         self._suspects: dict[str, float] = {}
         self._next_prune = 0.0
-        self._office_since = 0.0
+        self._rescue_from = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -103,10 +103,14 @@ class Leader:
             cursor = conn.cursor(row_factory=tuple_row)
             while True:
                 if not self.is_leader:
-                    await cursor.execute("SELECT pg_try_advisory_lock(%s, 0)", (WORKER_LOCK_CLASS,))
+                    await cursor.execute(
+                        "SELECT pg_try_advisory_lock(%s, 0),"
+                        " extract(epoch FROM now() - pg_postmaster_start_time())::float8",
+                        (WORKER_LOCK_CLASS,),
+                    )
                     row = await cursor.fetchone()
                     if row and row[0]:
-                        self._take_office()
+                        self._take_office(database_uptime_seconds=row[1])
                 else:
                     # Proves the session (and so the lock) is still there.
                     await cursor.execute("SELECT 1")
@@ -119,15 +123,20 @@ class Leader:
         # poll-only mode every replica runs the duties. Each duty is a conditional UPDATE
         # or DELETE that skips rows another replica already changed, so running it twice
         # at once does no harm.
-        self._take_office()
+        self._take_office(database_uptime_seconds=None)
         while True:
             await self._run_duties()
             await asyncio.sleep(self.settings.leader_interval_seconds)
 
-    def _take_office(self) -> None:
+    def _take_office(self, database_uptime_seconds: float | None) -> None:
         self.is_leader = True
         self._suspects.clear()
-        self._office_since = time.monotonic()
+        # Locks freed by a database restart say nothing about the workers: wait until the
+        # database has been up for the takeover grace before trusting their absence.
+        wait = TAKEOVER_GRACE_SECONDS
+        if database_uptime_seconds is not None:
+            wait = max(0.0, TAKEOVER_GRACE_SECONDS - database_uptime_seconds)
+        self._rescue_from = time.monotonic() + wait
         logger.info("leader elected", extra={"event": "leader_elected", "owner": self._owner})
 
     def _step_down(self, reason: str) -> None:
@@ -155,9 +164,7 @@ class Leader:
                 del self._suspects[owner]
         for owner in suspects:
             self._suspects.setdefault(owner, now)
-        if now - self._office_since < TAKEOVER_GRACE_SECONDS:
-            # A new leader may have taken over because the database restarted, which freed
-            # every liveness lock at once: give workers time to reconnect and take theirs.
+        if now < self._rescue_from:
             return
         due = [o for o, since in self._suspects.items()
                if now - since >= self.settings.rescue_grace_seconds]
