@@ -35,6 +35,7 @@ from odin_ext.runtime import Runtime
 from odin_ext.store import Enqueued, IdempotencyKeyReused, NewJob
 from odin_ext.submissions import SubmitRequest, build_from_request
 from odin_ext.streams import encode_comment, encode_event, encode_retry, follow
+from odin_ext.tokens import events_url
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +208,11 @@ async def retry_job(job_id: int) -> dict[str, Any]:
 @api.get("/v1/jobs/<int:job_id>/events")
 async def stream_events(job_id: int) -> Response:
     after = _last_event_id()
-    await _load_job(job_id)
+    job = await _load_job(job_id)
     rt = runtime()
+    if job.state.is_final and after >= job.last_event_seq:
+        # Nothing will ever follow; 204 also stops an EventSource from reconnecting.
+        return Response("", status=204)
 
     async def body() -> Any:
         yield encode_retry(RECONNECT_HINT_MS)
@@ -415,7 +419,7 @@ def _job_answer(job: Job) -> dict[str, Any]:
     base = _base_url()
     answer = job.to_json()
     answer["url"] = f"{base}/v1/jobs/{job.id}"
-    answer["events_url"] = f"{base}/v1/jobs/{job.id}/events"
+    answer["events_url"] = events_url(base, job.id)
     return answer
 
 

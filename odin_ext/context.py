@@ -8,12 +8,18 @@ When it does not (the job was rescued, cancelled or timed out), the report raise
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from odin_ext.errors import AttemptLost
+
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 4000
 
@@ -70,7 +76,18 @@ class JobContext:
         await self._write("log", {"level": level, "message": _clean(message)})
 
     async def _write(self, event_type: str, data: dict[str, Any]) -> None:
-        seq = await self._write_event(event_type, data)
+        try:
+            seq = await self._write_event(event_type, data)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # The database stayed unreachable through the store's retries. A report is not
+            # worth failing the job for: it is dropped (no sequence number was taken, so the
+            # stream shows no gap), and the job's outcome is written once the database is back.
+            logger.warning(
+                "job report dropped: database unavailable",
+                extra={"event": "job_report_dropped", "job_id": self.info.job_id,
+                       "attempt": self.info.attempt, "type": event_type, "error": repr(exc)},
+            )
+            return
         if seq is None:
             raise AttemptLost(self.info.job_id, self.info.attempt)
 

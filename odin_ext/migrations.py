@@ -59,12 +59,6 @@ async def migrate(conninfo: str) -> list[str]:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
-async def pending_migrations(conn: psycopg.AsyncConnection) -> list[str]:
-    """Return the versions of the migration files not applied yet to ``conn``'s database."""
-    applied = await _applied_versions(conn)
-    return [m.version for m in list_migrations() if m.version not in applied]
-
-
 async def _apply_missing(conn: psycopg.AsyncConnection) -> list[str]:
     await conn.execute("CREATE SCHEMA IF NOT EXISTS odin")
     await conn.execute(

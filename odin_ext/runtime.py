@@ -16,19 +16,22 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from odin_ext.db import create_pool
 from odin_ext.embedded import EmbeddedPostgres
 from odin_ext.kinds import Registry
 from odin_ext.leader import Leader
 from odin_ext.listener import Listener
-from odin_ext.migrations import migrate, pending_migrations
+from odin_ext.migrations import list_migrations, migrate
 from odin_ext.settings import Settings
 from odin_ext.store import JobStore
 from odin_ext.streams import Broker
 from odin_ext.worker import WorkerPool
 
 logger = logging.getLogger(__name__)
+
+READINESS_TIMEOUT_SECONDS = 2.0
 
 
 def new_owner_identity() -> str:
@@ -141,11 +144,11 @@ class Runtime:
         if self.stopping.is_set():
             return "shutting down"
         try:
-            async with asyncio.timeout(2.0):
-                async with self.pool.connection() as conn:
-                    pending = await pending_migrations(conn)
-        except (psycopg.Error, TimeoutError, OSError) as exc:
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                applied = {row["version"] for row in await self.store.ping()}
+        except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
             return f"database unreachable: {exc.__class__.__name__}"
+        pending = [m.version for m in list_migrations() if m.version not in applied]
         if pending:
             return f"database not migrated: pending {', '.join(pending)}"
         return None

@@ -7,11 +7,13 @@ statement and one commit carry any number of jobs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -102,11 +104,30 @@ class JobStore:
 
     async def _fetch_all(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         async def run() -> list[dict[str, Any]]:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 cursor = await conn.execute(QUERIES[query], params, prepare=_prepare(query))
                 return await cursor.fetchall() if cursor.description else []
 
         return await retry_transient(run)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """Lend a pooled connection; after a lost connection, drop every broken idle one.
+
+        Connections are not checked when lent (see ``create_pool``), so after a database
+        restart or terminated sessions the pool may hold many dead ones; without the check
+        each retry would draw the next dead connection.
+        """
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError:
+            await self.pool.check()
+            raise
+
+    async def ping(self) -> list[dict[str, Any]]:
+        """Return the applied migration versions, retrying over stale connections."""
+        return await self._fetch_all("migrations_applied", {})
 
     async def enqueue(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         """Insert jobs and their first events; return them in input order.
@@ -118,7 +139,7 @@ class JobStore:
             return []
 
         async def run() -> list[Enqueued]:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 return await enqueue_on(conn, new_jobs)
 
         for _ in range(DUPLICATE_RETRIES):
@@ -137,7 +158,7 @@ class JobStore:
         """
 
         async def run() -> Enqueued:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 cursor = await conn.execute(
                     QUERIES["idempotency_claim"], {"key": key, "request_hash": request_hash}
                 )
@@ -171,7 +192,7 @@ class JobStore:
         """Claim jobs under concurrency limits, never more running per key than its limit."""
 
         async def run() -> list[Job]:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 cursor = await conn.execute(
                     QUERIES["job_lock_limited_keys"],
                     {"queues": list(queues), "lock_class": CONCURRENCY_LOCK_CLASS},
@@ -201,7 +222,7 @@ class JobStore:
         """Enqueue the job of ``schedule``'s ``tick`` unless that tick was enqueued already."""
 
         async def run() -> Job | None:
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 cursor = await conn.execute(
                     QUERIES["periodic_advance"], {"schedule": schedule, "tick": tick}
                 )

@@ -198,6 +198,8 @@ async def follow(
             seen = event.seq
             if event.is_final:
                 return
+        if await _ended_before(store, job_id, seen):
+            return
         broker.caught_up(subscriber, seen)
         while not stop.is_set():
             item = await _next_item(subscriber, keepalive_seconds, stop)
@@ -219,6 +221,14 @@ async def follow(
                     return
     finally:
         broker.unsubscribe(subscriber)
+
+
+async def _ended_before(store: JobStore, job_id: int, seen: int) -> bool:
+    # A client resuming after the final event gets nothing from the log; without this check
+    # it would wait for live events that never come. A job retried after its final event
+    # is no longer final, and its stream goes on.
+    job = await store.get(job_id)
+    return job is None or (job.state.is_final and job.last_event_seq <= seen)
 
 
 async def _read_log(store: JobStore, job_id: int, after: int) -> AsyncIterator[Event]:
