@@ -12,9 +12,13 @@ from typing import Any
 from quart import Quart
 
 from odin_ext.api import api, register_error_handlers
+from odin_ext.auth import install_auth
+from odin_ext.console import console
 from odin_ext.kinds import Registry
+from odin_ext.metrics import metrics
 from odin_ext.runtime import Runtime
 from odin_ext.settings import Settings, load_settings
+from odin_ext.stats import stats
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Quart:
@@ -26,7 +30,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["odin"] = runtime
     app.register_blueprint(api)
+    app.register_blueprint(stats)
+    app.register_blueprint(console)
+    app.register_blueprint(metrics)
     register_error_handlers(app)
+    install_auth(app, settings)
     app.before_serving(runtime.start)
     app.after_serving(runtime.stop)
     return app

@@ -465,7 +465,8 @@ def register_error_handlers(app: Quart) -> None:
     async def _database_unavailable(exc: Exception) -> Response:
         logger.warning(
             "request failed: database unavailable",
-            extra={"event": "request_db_unavailable", "path": request.path, "error": repr(exc)},
+            extra={"event": "request_db_unavailable", "path": request.path, "error": repr(exc),
+                   "job_id": (request.view_args or {}).get("job_id")},
         )
         answer = problem(503, "Service unavailable", "the database is unavailable, try again")
         answer.headers["Retry-After"] = "1"
@@ -476,6 +477,7 @@ def register_error_handlers(app: Quart) -> None:
         logger.error(
             "request failed",
             exc_info=exc,
-            extra={"event": "request_failed", "path": request.path, "error": repr(exc)},
+            extra={"event": "request_failed", "path": request.path, "error": repr(exc),
+                   "job_id": (request.view_args or {}).get("job_id")},
         )
         return problem(500, "Internal error", "the server failed to handle this request")

@@ -7,15 +7,59 @@ what was received (see ``load_settings``).
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import re
+import urllib.parse
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+import pydantic_settings
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ODIN_"
 
 QueueName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+# Fields whose values never appear in error messages.
+SECRET_FIELDS = frozenset({"database_url", "dev_api_keys", "stream_signing_keys"})
+MIN_SIGNING_KEY_CHARS = 32
+
+
+class Scope(StrEnum):
+    """Permission that an API key grants; ``admin`` includes every other scope."""
+
+    SUBMIT = "submit"
+    READ = "read"
+    CANCEL = "cancel"
+    ADMIN = "admin"
+
+
+class ApiKeySetting(BaseModel):
+    """One API key of ``ODIN_API_KEYS``: a name for logs, the key's SHA-256 and its scopes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")
+    sha256: str = Field(pattern=r"^[0-9A-Fa-f]{64}$")
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _lowercase(cls, value: str) -> str:
+        return value.lower()
 
 
 class Settings(BaseSettings):
@@ -27,6 +71,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # Lets ``port`` be set by its field name too, besides ODIN_PORT and PORT.
+        populate_by_name=True,
     )
 
     database_url: str = Field(
@@ -41,12 +87,76 @@ class Settings(BaseSettings):
         description="Folder of the embedded development database, used when database_url is empty.",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        # PORT is what Cloud Run and similar platforms set; ODIN_PORT wins when both are set.
+        validation_alias=AliasChoices("ODIN_PORT", "PORT"),
+        description="TCP port of the HTTP server; when ODIN_PORT is unset, PORT is used.",
+    )
     public_url: str = Field(
         default="",
         description=(
             "Base URL clients use to reach Odin (for example https://jobs.example.com), used in "
             "the job and event URLs that the API returns. Empty uses the request's own host."
+        ),
+    )
+
+    api_keys: list[ApiKeySetting] = Field(
+        default=[],
+        description=(
+            'API keys as a JSON list of {"name", "sha256", "scopes"}: the hex SHA-256 of each '
+            "key, never the key, and its scopes among submit, read, cancel and admin (admin "
+            "includes the others). Clients send a key as Authorization: Bearer <key>. With no "
+            "keys at all, every request is allowed and Odin must bind a loopback address."
+        ),
+    )
+    dev_api_keys: list[SecretStr] = Field(
+        default=[],
+        description=(
+            "Development only: plain-text API keys as a JSON list, each with every scope. "
+            "Use api_keys in production, so that no key is stored in clear."
+        ),
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description=(
+            "Allow binding a non-loopback host with no API keys, so that anyone who reaches "
+            "the port can submit, read and cancel jobs. Only behind a gateway that authenticates."
+        ),
+    )
+    stream_signing_keys: list[SecretStr] = Field(
+        default=[],
+        description=(
+            "Secrets that sign the tokens of event stream URLs, as a JSON list of strings of "
+            f"at least {MIN_SIGNING_KEY_CHARS} characters: the first signs, all verify, so a "
+            "new key goes first and the old one stays until its tokens have expired. Every "
+            "replica needs the same list. Empty with API keys configured uses a random key "
+            "per process, so a stream URL works only on the replica that issued it."
+        ),
+    )
+    stream_token_ttl_seconds: float = Field(
+        default=600.0,
+        ge=10,
+        le=86_400,
+        description=(
+            "How long the token of an event stream URL stays valid. It is checked only when a "
+            "stream opens, so an open stream outlives it; a client that reconnects later gets "
+            "a fresh URL from GET /v1/jobs/{id}."
+        ),
+    )
+    cors_allowed_origins: list[str] = Field(
+        default=[],
+        description=(
+            'Origins that browsers may call Odin from, as a JSON list such as '
+            '["https://console.example.com"], or ["*"] for any. Empty turns CORS off.'
+        ),
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+            "Serve /metrics without an API key. Otherwise it needs a key with the read scope."
         ),
     )
 
@@ -60,6 +170,13 @@ class Settings(BaseSettings):
 
     run_workers: bool = Field(
         default=True, description="Run the worker pool in this process (false: API only)."
+    )
+    serve_api: bool = Field(
+        default=True,
+        description=(
+            "Serve the HTTP API, event streams and console (false: workers only, serving "
+            "/healthz, /readyz and /metrics)."
+        ),
     )
     queues: list[QueueName] = Field(
         default=["default"],
@@ -120,6 +237,19 @@ class Settings(BaseSettings):
         default=1_048_576,
         ge=1024,
         description="Largest job result stored, in bytes of JSON; a larger result fails the attempt.",
+    )
+    max_streams: int = Field(
+        default=1000,
+        ge=1,
+        description="Most event streams open at once on this process; more are rejected with 429.",
+    )
+    max_streams_per_key: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "Most event streams open at once on this process for one API key, counting streams "
+            "opened with a token issued to that key; more are rejected with 429."
+        ),
     )
     keepalive_seconds: float = Field(
         default=15.0,
@@ -217,13 +347,81 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected dotted Python module names, got {name!r}")
         return value
 
+    @field_validator("stream_signing_keys")
+    @classmethod
+    def _check_signing_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(value, start=1):
+            if len(key.get_secret_value()) < MIN_SIGNING_KEY_CHARS:
+                raise ValueError(
+                    f"signing key {number} is shorter than {MIN_SIGNING_KEY_CHARS} characters; "
+                    "generate one with: "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        return value
+
+    @field_validator("dev_api_keys")
+    @classmethod
+    def _check_dev_api_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not key.get_secret_value() for key in value):
+            raise ValueError("expected non-empty keys")
+        return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: list[str]) -> list[str]:
+        if "*" in value and len(value) > 1:
+            raise ValueError('expected either ["*"] or a list of origins, not both')
+        for origin in value:
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(
+                    f"expected origins such as https://console.example.com (a scheme, a host, "
+                    f"an optional port, no path), got {origin!r}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _check_api_keys(self) -> Settings:
+        names = [key.name for key in self.api_keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"api_keys has more than one key named {', '.join(duplicates)}")
+        hashes = [key.sha256 for key in self.api_keys]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("api_keys has the same sha256 under two names; give each key once")
+        return self
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if self.auth_enabled or self.allow_unauthenticated or is_loopback(self.host):
+            return self
+        raise ValueError(
+            f"ODIN_HOST is {self.host!r}, which other machines can reach, but no API keys are "
+            "configured: set ODIN_API_KEYS (or ODIN_DEV_API_KEYS for development), bind a "
+            "loopback address such as 127.0.0.1, or set ODIN_ALLOW_UNAUTHENTICATED=true if a "
+            "gateway in front of Odin authenticates every request"
+        )
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> Settings:
+        if not self.serve_api and not self.run_workers:
+            raise ValueError(
+                "ODIN_SERVE_API and ODIN_RUN_WORKERS are both false, so this process would "
+                "serve no API and run no jobs; set at least one of them to true"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry an API key (true as soon as one key is configured)."""
+        return bool(self.api_keys or self.dev_api_keys)
+
     @model_validator(mode="after")
     def _check_queue_concurrency(self) -> Settings:
         unknown = set(self.queue_concurrency) - set(self.queues)
         if unknown:
             raise ValueError(
-                f"queue_concurrency names queues this process does not serve: "
-                f"{', '.join(sorted(unknown))} (add them to ODIN_QUEUES)"
+                f"ODIN_QUEUE_CONCURRENCY names queues this process does not serve: "
+                f"{', '.join(sorted(unknown))}; add them to ODIN_QUEUES"
             )
         return self
 
@@ -231,9 +429,10 @@ class Settings(BaseSettings):
     def _check_poll_only(self) -> Settings:
         if self.poll_only and self.heartbeat_timeout_seconds < 3 * self.heartbeat_interval_seconds:
             raise ValueError(
-                f"heartbeat_timeout_seconds ({self.heartbeat_timeout_seconds}) must be at least "
-                f"three times heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) in "
-                "poll-only mode, or live workers would be taken for dead and their jobs run twice"
+                f"ODIN_HEARTBEAT_TIMEOUT_SECONDS ({self.heartbeat_timeout_seconds}) must be at "
+                f"least three times ODIN_HEARTBEAT_INTERVAL_SECONDS "
+                f"({self.heartbeat_interval_seconds}) when ODIN_POLL_ONLY is true, or live "
+                "workers would be taken for dead and their jobs run twice"
             )
         return self
 
@@ -241,8 +440,8 @@ class Settings(BaseSettings):
     def _check_pool(self) -> Settings:
         if self.pool_min_size > self.pool_max_size:
             raise ValueError(
-                f"pool_min_size ({self.pool_min_size}) is larger than "
-                f"pool_max_size ({self.pool_max_size})"
+                f"ODIN_POOL_MIN_SIZE ({self.pool_min_size}) is larger than "
+                f"ODIN_POOL_MAX_SIZE ({self.pool_max_size})"
             )
         return self
 
@@ -260,14 +459,88 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(_describe_errors(exc)) from None
+    except pydantic_settings.SettingsError as exc:
+        # Raised before validation when a list or object setting is not valid JSON.
+        raise SettingsError(_describe_undecodable(str(exc))) from None
+
+
+def _describe_undecodable(message: str) -> str:
+    match = re.search(r'field "(\w+)"', message)
+    if match is None:
+        return f"invalid settings:\n  {message}"
+    field = match.group(1)
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    default = Settings.model_fields[field].default
+    example = json.dumps(default if default else ["example"])
+    received = os.environ.get(variable)
+    shown = "a value from .env" if received is None else repr(received)
+    if field in SECRET_FIELDS:
+        shown = "a value that is not shown"
+    return (
+        f"invalid settings:\n  {variable}: expected JSON, for example {example}; "
+        f"received {shown}"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_origin(text: str) -> bool:
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in {"http", "https"}
+        and bool(parts.hostname)
+        and parts.path == ""
+        and not parts.query
+        and not parts.fragment
+        and not parts.username
+    )
 
 
 def _describe_errors(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else ""
-        variable = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
-        received = error.get("input")
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {variable}: {message}; received {received!r}")
+        if not error["loc"]:
+            # Errors across fields: their input is every setting, secrets included.
+            lines.append(f"  settings: {message}")
+            continue
+        field = _field_name(str(error["loc"][0]))
+        # The position inside a list or object setting, such as [0].sha256.
+        where = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
+        )
+        if field in SECRET_FIELDS:
+            received = "a value that is not shown"
+        else:
+            received = repr(error.get("input"))
+        lines.append(f"  {_variable_names(field)}{where}: {message}; received {received}")
     return "\n".join(lines)
+
+
+def _field_name(location: str) -> str:
+    """Return the field that an error location names; aliases map back to their field."""
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and location in alias.choices:
+            return name
+    return location
+
+
+def _variable_names(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias: Any = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return " or ".join(str(choice) for choice in alias.choices)
+    return f"{ENV_PREFIX}{field.upper()}"

@@ -36,6 +36,7 @@ from odin_ext.context import JobContext, JobInfo, SyncJobContext
 from odin_ext.errors import AttemptLost, CancelJob, RetryLater, UnknownKind
 from odin_ext.jobs import Job, JobState
 from odin_ext.kinds import Kind, Registry
+from odin_ext.metrics import observe_attempt, observe_job_started
 from odin_ext.offload import OffloadedJobFailed, ProcessPool
 from odin_ext.payloads import UnstorableValue, check_storable, json_size
 from odin_ext.retry import RetryPolicy
@@ -274,6 +275,7 @@ class WorkerPool:
         self._running[job.id] = task
         self._running_queues[job.id] = job.queue
         task.add_done_callback(functools.partial(self._job_done, job.id))
+        observe_job_started(job)
         logger.debug(
             "job fetched",
             extra={"event": "job_fetched", "job_id": job.id, "kind": job.kind,
@@ -302,6 +304,9 @@ class WorkerPool:
             outcome = self._interrupted(job)
         if outcome is not None and job.id not in self._lost:
             self._completer.submit(outcome)
+            observe_attempt(time.monotonic() - started, job.kind, outcome.event_type)
+        else:
+            observe_attempt(time.monotonic() - started, job.kind, "lost")
         logger.debug(
             "job attempt ended",
             extra={"event": "job_attempt_ended", "job_id": job.id, "kind": job.kind,

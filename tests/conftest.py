@@ -80,6 +80,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Replace pytest's `tmp_path` with a folder outside pytest's base folder, mode 711.
+
+    When run as root, PostgreSQL servers started by tests run as another user, which must
+    traverse the folders above their data directory. pytest removes that permission from its
+    base folder (`/tmp/pytest-of-root`) whenever an xdist worker starts, which would lock a
+    running server out of its own files.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="odin-test-"))
+    folder.chmod(0o711)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """Provide the PostgreSQL server of this test worker.
@@ -125,15 +142,23 @@ def template_database(pg_server: PostgresServer) -> Iterator[TemplateDatabase]:
 @pytest.fixture
 def database_url(pg_server: PostgresServer, template_database: TemplateDatabase) -> Iterator[str]:
     """Provide the URL of a fresh, migrated database, dropped after the test."""
-    name = _unique_database_name("odin_test")
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-        sql.Identifier(name), sql.Identifier(template_database.name)
-    )
-    if template_database.copy_files:
-        statement += sql.SQL(" STRATEGY FILE_COPY")
-    with _admin_connection(pg_server) as connection:
-        connection.execute(statement)
+    name = _clone_template(pg_server, template_database)
+    try:
+        yield pg_server.database_url(name)
+    finally:
+        _drop_database(pg_server, name)
 
+
+@pytest.fixture(scope="module")
+def module_database_url(
+    pg_server: PostgresServer, template_database: TemplateDatabase
+) -> Iterator[str]:
+    """Provide a fresh, migrated database shared by the tests of one module, dropped after it.
+
+    Meant for tests that can tell their own rows apart (by queue, for example), so that one
+    Odin server can serve the whole module.
+    """
+    name = _clone_template(pg_server, template_database)
     try:
         yield pg_server.database_url(name)
     finally:
@@ -200,37 +225,63 @@ class OdinServer:
         """Return the last LOG_TAIL_LINES lines of the log."""
         return "\n".join(self.log_text().splitlines()[-LOG_TAIL_LINES:])
 
+    def wait_until_ready(self) -> None:
+        """Wait until `GET /readyz` returns 200; fail the test if the server exits first or
+        is not ready within ODIN_READY_TIMEOUT_SECONDS."""
+        _wait_until_odin_ready(self)
 
-@pytest.fixture
-def odin_server(tmp_path: Path) -> Iterator[Callable[..., OdinServer]]:
-    """Provide `start(database_url, **env)`, which launches a real Odin server and waits until
-    `GET /readyz` returns 200.
 
-    `env` adds ODIN_* variables (values are converted with str()). ODIN_* variables of the
-    test process itself are not passed on. Startup fails the test, with the log tail, when the
-    server exits or is not ready within ODIN_READY_TIMEOUT_SECONDS. Servers still running at
-    teardown get SIGTERM, then SIGKILL after ODIN_STOP_TIMEOUT_SECONDS.
+class OdinLauncher:
+    """Starts Odin servers that log into one folder, and stops them all at teardown.
+
+    Call it as `start(database_url, wait_ready=True, **env)`: `env` adds ODIN_* variables
+    (values are converted with str()); ODIN_* variables of the test process itself are not
+    passed on. With `wait_ready` it waits until `GET /readyz` returns 200 and fails the test,
+    with the log tail, when the server exits or is not ready within
+    ODIN_READY_TIMEOUT_SECONDS. Without it, call `OdinServer.wait_until_ready()` later, for
+    example to start several servers at once.
     """
-    servers: list[OdinServer] = []
 
-    def start(database_url: str, **env: object) -> OdinServer:
-        server = _launch_odin(database_url, env, tmp_path)
-        servers.append(server)
-        _wait_until_odin_ready(server)
+    def __init__(self, log_folder: Path) -> None:
+        self._log_folder = log_folder
+        self._servers: list[OdinServer] = []
+
+    def __call__(self, database_url: str, *, wait_ready: bool = True, **env: object) -> OdinServer:
+        server = _launch_odin(database_url, env, self._log_folder)
+        self._servers.append(server)
+        if wait_ready:
+            server.wait_until_ready()
         return server
 
-    yield start
+    def stop_all(self) -> None:
+        """Send SIGTERM to every running server, then SIGKILL after ODIN_STOP_TIMEOUT_SECONDS."""
+        # Teardown does not judge the shutdown: a test that expects a clean exit calls
+        # terminate() itself. All servers get SIGTERM first so they shut down in parallel.
+        running = [server for server in self._servers if server.process.poll() is None]
+        for server in running:
+            server.process.terminate()
+        for server in running:
+            try:
+                server.process.wait(ODIN_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
-    # Teardown does not judge the shutdown: a test that expects a clean exit calls
-    # terminate() itself. All servers get SIGTERM first so they shut down in parallel.
-    running = [server for server in servers if server.process.poll() is None]
-    for server in running:
-        server.process.terminate()
-    for server in running:
-        try:
-            server.process.wait(ODIN_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.kill()
+
+@pytest.fixture
+def odin_server(tmp_path: Path) -> Iterator[OdinLauncher]:
+    """Provide an `OdinLauncher`: `start(database_url, **env)` launches a real Odin server and
+    waits until it is ready. Servers still running at teardown get SIGTERM, then SIGKILL."""
+    launcher = OdinLauncher(tmp_path)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_odin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OdinLauncher]:
+    """Like `odin_server`, but the servers run until the last test of the module has ended."""
+    launcher = OdinLauncher(tmp_path_factory.mktemp("odin-logs"))
+    yield launcher
+    launcher.stop_all()
 
 
 def _launch_odin(database_url: str, extra_env: dict[str, object], log_folder: Path) -> OdinServer:
@@ -301,6 +352,18 @@ def _unique_database_name(prefix: str) -> str:
     # concurrent runs on a shared external server apart.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return f"{prefix}_{worker}_{uuid.uuid4().hex[:12]}"
+
+
+def _clone_template(pg_server: PostgresServer, template_database: TemplateDatabase) -> str:
+    name = _unique_database_name("odin_test")
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+        sql.Identifier(name), sql.Identifier(template_database.name)
+    )
+    if template_database.copy_files:
+        statement += sql.SQL(" STRATEGY FILE_COPY")
+    with _admin_connection(pg_server) as connection:
+        connection.execute(statement)
+    return name
 
 
 def _admin_connection(pg_server: PostgresServer) -> psycopg.Connection[TupleRow]:

@@ -49,3 +49,17 @@ async def wait_until_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_seconds} s waiting until {message}")
         await anyio.sleep(POLL_INTERVAL_SECONDS)
+
+
+def assert_stays(predicate: Callable[[], object], seconds: float, message: str) -> None:
+    """Call `predicate` for `seconds`; raise AssertionError naming `message` (what should
+    stay true, for example "job 7 stays queued") as soon as it returns a falsy value.
+
+    Checks that something does not happen, so `seconds` must be long enough for it to
+    happen if it were going to, for example longer than the workers' poll interval.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"expected that {message}, but it changed"
+        time.sleep(POLL_INTERVAL_SECONDS)
+    assert predicate(), f"expected that {message}, but it changed"
