@@ -193,11 +193,12 @@ async def follow(
     subscriber = broker.subscribe(job_id)
     try:
         seen = after
+        # The log may hold a final event followed by more: a job retried after it failed
+        # or was cancelled. So the whole log is replayed, and the job's current state
+        # decides whether the stream ends.
         async for event in _read_log(store, job_id, seen):
             yield event
             seen = event.seq
-            if event.is_final:
-                return
         if await _ended_before(store, job_id, seen):
             return
         broker.caught_up(subscriber, seen)
@@ -224,9 +225,8 @@ async def follow(
 
 
 async def _ended_before(store: JobStore, job_id: int, seen: int) -> bool:
-    # A client resuming after the final event gets nothing from the log; without this check
-    # it would wait for live events that never come. A job retried after its final event
-    # is no longer final, and its stream goes on.
+    # True when the job is final and the client has its last event: without this check a
+    # client resuming after the final event would wait for live events that never come.
     job = await store.get(job_id)
     return job is None or (job.state.is_final and job.last_event_seq <= seen)
 
