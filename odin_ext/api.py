@@ -32,7 +32,7 @@ from odin_ext.jobs import Job, JobState
 from odin_ext.kinds import describe_validation
 from odin_ext.payloads import UnstorableValue, check_storable
 from odin_ext.runtime import Runtime
-from odin_ext.store import Enqueued, IdempotencyKeyReused, NewJob
+from odin_ext.store import DuplicateRejected, Enqueued, IdempotencyKeyReused, NewJob
 from odin_ext.submissions import SubmitRequest, build_from_request
 from odin_ext.streams import encode_comment, encode_event, encode_retry, follow
 from odin_ext.tokens import events_url
@@ -63,25 +63,31 @@ async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     kind = runtime().registry.get(submission.kind)
     new_job = _new_job(submission)
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        entry = await _enqueue_idempotent(new_job, key, body)
-    else:
-        [entry] = await runtime().store.enqueue([new_job])
+    reject = kind.options.unique is not None and kind.options.unique.on_conflict == "reject"
+    try:
+        if key is not None:
+            entry = await _enqueue_idempotent(new_job, key, body, reject)
+        else:
+            [entry] = await runtime().store.enqueue([new_job])
+            if reject and not entry.created:
+                raise DuplicateRejected(entry.job)
+    except DuplicateRejected as exc:
+        holder = exc.holder
+        raise InvalidJobState(
+            f"a job of kind {kind.name!r} with the same unique key exists: job {holder.id}, "
+            f"{holder.state.value}",
+            state=holder.state.value, job_id=holder.id,
+        ) from None
     job = entry.job
-    if not entry.created and key is None and kind.options.unique is not None:
-        if kind.options.unique.on_conflict == "reject":
-            raise InvalidJobState(
-                f"a job of kind {kind.name!r} with the same unique key exists: job {job.id}, "
-                f"{job.state.value}",
-                state=job.state.value, job_id=job.id,
-            )
     if entry.created:
         _log_enqueued(job)
     answer = _job_answer(job)
     answer["created"] = entry.created
-    status = 202 if entry.created or key is not None else 200
+    # 202 for a new job and for a replay of the request that created it; 200 for a
+    # duplicate of a unique job, which is returned as it stands.
+    status = 202 if entry.created or entry.replayed else 200
     headers = {"Location": answer["url"]}
-    if key is not None and not entry.created:
+    if entry.replayed:
         headers["Idempotent-Replayed"] = "true"
     return answer, status, headers
 
@@ -124,13 +130,15 @@ async def submit_jobs() -> tuple[dict[str, Any], int]:
     return {"jobs": answers}, 202
 
 
-async def _enqueue_idempotent(new_job: NewJob, key: str, body: Any) -> Enqueued:
+async def _enqueue_idempotent(new_job: NewJob, key: str, body: Any, reject: bool) -> Enqueued:
     if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
         raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     request_hash = hashlib.sha256(canonical.encode()).hexdigest()
     try:
-        return await runtime().store.enqueue_idempotent(new_job, key, request_hash)
+        return await runtime().store.enqueue_idempotent(
+            new_job, key, request_hash, reject_duplicate=reject
+        )
     except IdempotencyKeyReused:
         raise ValidationFailed(
             f"Idempotency-Key {key!r} was already used with a different request; "
@@ -139,7 +147,11 @@ async def _enqueue_idempotent(new_job: NewJob, key: str, body: Any) -> Enqueued:
 
 
 def _log_enqueued(job: Job) -> None:
-    logger.info(
+    # DEBUG, not INFO: at thousands of submissions a second, one line each costs more CPU than
+    # the submission itself; /metrics counts jobs by state.
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    logger.debug(
         "job enqueued",
         extra={"event": "job_enqueued", "job_id": job.id, "kind": job.kind, "queue": job.queue,
                "state": job.state.value},
@@ -218,7 +230,7 @@ async def stream_events(job_id: int) -> Response:
         yield encode_retry(RECONNECT_HINT_MS)
         async for event in follow(
             rt.store, rt.broker, job_id, after,
-            keepalive_seconds=rt.settings.keepalive_seconds, stop=rt.stopping,
+            keepalive_seconds=rt.settings.keepalive_seconds,
         ):
             yield encode_comment("keep-alive") if event is None else encode_event(event)
         if rt.stopping.is_set():

@@ -102,7 +102,10 @@ def create_pool(settings: Settings, conninfo: str) -> AsyncConnectionPool:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_seconds,
-        kwargs={"row_factory": dict_row, "autocommit": False},
+        # Autocommit: most store methods are one statement, which then costs one round trip
+        # instead of three (BEGIN, statement, COMMIT). Methods of several statements open a
+        # transaction with ``conn.transaction()``.
+        kwargs={"row_factory": dict_row, "autocommit": True},
         open=False,
         name="odin",
     )

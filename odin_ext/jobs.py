@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -122,6 +124,12 @@ class Event:
     @property
     def is_final(self) -> bool:
         return self.type in FINAL_EVENT_TYPES
+
+    @functools.cached_property
+    def sse_frame(self) -> bytes:
+        """The event framed for SSE: its sequence number as ``id``, its type as ``event``."""
+        data = json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)
+        return f"id: {self.seq}\nevent: {self.type}\ndata: {data}\n\n".encode()
 
     def to_json(self) -> dict[str, Any]:
         return {

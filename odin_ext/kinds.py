@@ -98,7 +98,10 @@ class Periodic:
     def latest_tick(self, now: datetime) -> datetime:
         """Return the latest tick at or before ``now`` (in UTC)."""
         local = now.astimezone(ZoneInfo(self.timezone))
-        return next(CronSim(self.cron, local + timedelta(seconds=1), reverse=True)).astimezone(UTC)
+        # CronSim's reverse search yields ticks strictly before its start, so start just
+        # after ``now`` to include a tick that falls exactly on it.
+        start = local + timedelta(microseconds=1)
+        return next(CronSim(self.cron, start, reverse=True)).astimezone(UTC)
 
 
 @dataclass(frozen=True)

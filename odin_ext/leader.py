@@ -24,6 +24,8 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -51,7 +53,12 @@ MISSED_TICK_SECONDS = 60.0
 
 def schedule_name(item: Kind, schedule: Periodic) -> str:
     """Return the stable name under which a schedule's last tick is recorded."""
-    return schedule.name or f"{item.name}@{schedule.cron}@{schedule.timezone}"
+    if schedule.name:
+        return schedule.name
+    # The args are part of the name, so two schedules of a kind on one cron stay apart.
+    args = json.dumps(schedule.args, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(args.encode()).hexdigest()[:12]
+    return f"{item.name}@{schedule.cron}@{schedule.timezone}@{digest}"
 
 
 class Leader:

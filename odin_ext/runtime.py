@@ -115,6 +115,8 @@ class Runtime:
             return
         self.stopping.set()
         logger.info("shutdown started", extra={"event": "shutdown_started"})
+        if self.broker is not None:
+            self.broker.stop_all()
         if self.workers is not None:
             self._stop_task = asyncio.create_task(
                 self.workers.stop(self.settings.shutdown_grace_seconds), name="odin-drain"

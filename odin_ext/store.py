@@ -72,10 +72,22 @@ class NewJob:
 
 @dataclass(frozen=True)
 class Enqueued:
-    """A submitted job, and whether this submission created it (False: a duplicate)."""
+    """A submitted job, and how: created by this submission, or found as a duplicate.
+
+    ``replayed`` is true when an earlier request with the same idempotency key created it.
+    """
 
     job: Job
     created: bool
+    replayed: bool = False
+
+
+class DuplicateRejected(Exception):
+    """A unique job's duplicate was submitted with ``on_conflict="reject"``."""
+
+    def __init__(self, holder: Job) -> None:
+        super().__init__(f"job {holder.id} holds the unique key")
+        self.holder = holder
 
 
 class IdempotencyKeyReused(Exception):
@@ -139,7 +151,8 @@ class JobStore:
             return []
 
         async def run() -> list[Enqueued]:
-            async with self._connection() as conn:
+            # One transaction, so that a retry after DuplicateHolderGone inserts nothing twice.
+            async with self._connection() as conn, conn.transaction():
                 return await enqueue_on(conn, new_jobs)
 
         for _ in range(DUPLICATE_RETRIES):
@@ -150,11 +163,13 @@ class JobStore:
         return await retry_transient(run)
 
     async def enqueue_idempotent(
-        self, new_job: NewJob, key: str, request_hash: str
+        self, new_job: NewJob, key: str, request_hash: str, *, reject_duplicate: bool = False
     ) -> Enqueued:
         """Insert a job unless ``key`` was used before; then return the job it created.
 
-        Raises ``IdempotencyKeyReused`` when the key was used with a different request.
+        Raises ``IdempotencyKeyReused`` when the key was used with a different request, and
+        ``DuplicateRejected`` (leaving the key unused) when ``reject_duplicate`` is set and
+        the job is a duplicate of a unique job.
         """
 
         async def run() -> Enqueued:
@@ -164,6 +179,8 @@ class JobStore:
                 )
                 if await cursor.fetchone() is not None:
                     [entry] = await enqueue_on(conn, [new_job])
+                    if reject_duplicate and not entry.created:
+                        raise DuplicateRejected(entry.job)  # rolls the key claim back
                     await conn.execute(
                         QUERIES["idempotency_bind"], {"key": key, "job_id": entry.job.id}
                     )
@@ -175,7 +192,7 @@ class JobStore:
             job = await self.get(first["job_id"]) if first["job_id"] is not None else None
             if job is None:
                 raise IdempotencyKeyReused(key)
-            return Enqueued(job, created=False)
+            return Enqueued(job, created=False, replayed=True)
 
         return await retry_transient(run)
 

@@ -32,13 +32,26 @@ class Resync:
 RESYNC = Resync()
 
 
+class Stop:
+    """Queue marker: the server is shutting down and the stream must end."""
+
+
+STOP = Stop()
+
+
 @dataclass(eq=False)
 class Subscriber:
     """One client's view of a job's stream."""
 
     job_id: int
-    queue: asyncio.Queue[Event | Resync]
+    queue: asyncio.Queue[Event | Resync | Stop]
     overflowed: bool = False
+
+    def stop(self) -> None:
+        """End the stream: drop what is buffered and leave only the stop marker."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(STOP)
 
     def put(self, item: Event | Resync) -> None:
         if self.overflowed:
@@ -76,6 +89,7 @@ class Broker:
         # Touched only from the event loop thread.
         self._topics: dict[int, Topic] = {}
         self._fetch_needed = asyncio.Event()
+        self._stopped = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,11 +107,20 @@ class Broker:
     def subscribe(self, job_id: int) -> Subscriber:
         """Register a subscriber; call before reading the log so no live event slips by."""
         subscriber = Subscriber(job_id, asyncio.Queue(maxsize=self._queue_size))
+        if self._stopped:
+            subscriber.stop()
         topic = self._topics.get(job_id)
         if topic is None:
             topic = self._topics[job_id] = Topic(job_id)
         topic.subscribers.add(subscriber)
         return subscriber
+
+    def stop_all(self) -> None:
+        """End every open stream of this process (shutdown); later subscribers end at once."""
+        self._stopped = True
+        for topic in self._topics.values():
+            for subscriber in topic.subscribers:
+                subscriber.stop()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         topic = self._topics.get(subscriber.job_id)
@@ -184,11 +207,10 @@ async def follow(
     after: int,
     *,
     keepalive_seconds: float,
-    stop: asyncio.Event,
 ) -> AsyncIterator[Event | None]:
     """Yield the job's events after ``after`` until its final event; None means keep-alive.
 
-    Ends early, without a final event, when ``stop`` is set (server shutdown).
+    Ends early, without a final event, when the broker stops its streams (shutdown).
     """
     subscriber = broker.subscribe(job_id)
     try:
@@ -202,12 +224,15 @@ async def follow(
         if await _ended_before(store, job_id, seen):
             return
         broker.caught_up(subscriber, seen)
-        while not stop.is_set():
-            item = await _next_item(subscriber, keepalive_seconds, stop)
-            if item is None:
-                if not stop.is_set():
-                    yield None
+        while True:
+            try:
+                async with asyncio.timeout(keepalive_seconds):
+                    item = await subscriber.queue.get()
+            except TimeoutError:
+                yield None
                 continue
+            if isinstance(item, Stop):
+                return
             if isinstance(item, Resync) or item.seq > seen + 1:
                 subscriber.overflowed = False
                 events = [e async for e in _read_log(store, job_id, seen)]
@@ -241,28 +266,13 @@ async def _read_log(store: JobStore, job_id: int, after: int) -> AsyncIterator[E
             return
 
 
-async def _next_item(
-    subscriber: Subscriber, timeout_seconds: float, stop: asyncio.Event
-) -> Event | Resync | None:
-    get = asyncio.ensure_future(subscriber.queue.get())
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {get, stopped}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        stopped.cancel()
-        if not get.done():
-            get.cancel()
-    if get in done:
-        return get.result()
-    return None
-
-
 def encode_event(event: Event) -> bytes:
-    """Frame one event for SSE: its sequence number as ``id``, its type as ``event``."""
-    data = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False)
-    return f"id: {event.seq}\nevent: {event.type}\ndata: {data}\n\n".encode()
+    """Frame one event for SSE: its sequence number as ``id``, its type as ``event``.
+
+    The frame is cached on the event, so an event fanned out to many subscribers is
+    encoded once.
+    """
+    return event.sse_frame
 
 
 def encode_comment(text: str) -> bytes:

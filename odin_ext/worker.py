@@ -231,7 +231,7 @@ class WorkerPool:
         try:
             jobs = await self._store.fetch(self.owner, rooms, limit)
             if len(jobs) < limit and self._has_limited_kinds:
-                jobs += await self._store.fetch_limited(self.owner, list(rooms), limit - len(jobs))
+                jobs += await self._fetch_limited(rooms, jobs, limit - len(jobs))
             return jobs
         except Exception as exc:  # noqa: BLE001 - the loop must outlive database outages
             logger.warning(
@@ -240,6 +240,21 @@ class WorkerPool:
             )
             await asyncio.sleep(self.settings.poll_interval_seconds)
             return []
+
+    async def _fetch_limited(self, rooms: dict[str, int], claimed: list[Job], limit: int) -> list[Job]:
+        """Claim jobs under concurrency limits, within each queue's remaining room."""
+        left = dict(rooms)
+        for job in claimed:
+            left[job.queue] -= 1
+        jobs: list[Job] = []
+        if all(queue not in self.settings.queue_concurrency for queue in left):
+            # No queue is capped: one statement for all of them.
+            return await self._store.fetch_limited(self.owner, list(left), limit)
+        for queue, room in left.items():
+            want = min(room, limit - len(jobs))
+            if want > 0:
+                jobs += await self._store.fetch_limited(self.owner, [queue], want)
+        return jobs
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -284,7 +299,11 @@ class WorkerPool:
 
     def _job_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
-        self._running_queues.pop(job_id, None)
+        queue = self._running_queues.pop(job_id, None)
+        if self._has_limited_kinds or queue in self.settings.queue_concurrency:
+            # A job held back by a key limit or a queue cap may be claimable now; without
+            # this wake it would wait for the next poll.
+            self._wake.set()
         self._lost.discard(job_id)
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
@@ -490,6 +509,9 @@ class WorkerPool:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OffloadedJobFailed):
+        # Already "Type: message" of the exception raised in the child process.
+        return str(exc)[:MAX_ERROR_CHARS]
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text.replace("\x00", "\ufffd")[:MAX_ERROR_CHARS]
 

@@ -95,13 +95,19 @@ SELECT * FROM claimed ORDER BY priority DESC, scheduled_at, id;
 -- serialised, and the next statement of the transaction sees every committed claim.
 SELECT k.concurrency_key
 FROM (
-    SELECT concurrency_key, min(scheduled_at) AS first_at
-    FROM odin.jobs
-    WHERE state = 'queued'
-        AND concurrency_key IS NOT NULL
-        AND queue = ANY(%(queues)s::text[])
-        AND NOT EXISTS (SELECT 1 FROM odin.queues AS q WHERE q.name = queue AND q.paused)
-    GROUP BY concurrency_key
+    SELECT j.concurrency_key, min(j.scheduled_at) AS first_at
+    FROM odin.jobs AS j
+    WHERE j.state = 'queued'
+        AND j.concurrency_key IS NOT NULL
+        AND j.queue = ANY(%(queues)s::text[])
+        AND NOT EXISTS (SELECT 1 FROM odin.queues AS q WHERE q.name = j.queue AND q.paused)
+    GROUP BY j.concurrency_key
+    -- Keys already at their limit are left out here (and counted again, under the lock, by
+    -- job_fetch_limited), so they cannot fill the 100 places and starve keys with room.
+    HAVING min(j.concurrency_limit) > (
+        SELECT count(*) FROM odin.jobs AS r
+        WHERE r.state = 'running' AND r.concurrency_key = j.concurrency_key
+    )
     ORDER BY first_at
     LIMIT 100
 ) AS k
@@ -133,6 +139,7 @@ due AS (
         FROM odin.jobs
         WHERE state = 'queued' AND concurrency_key = room.key
             AND queue = ANY(%(queues)s::text[])
+            AND NOT EXISTS (SELECT 1 FROM odin.queues AS q WHERE q.name = queue AND q.paused)
         ORDER BY priority DESC, scheduled_at, id
         LIMIT greatest(room.free, 0)
         FOR UPDATE SKIP LOCKED
