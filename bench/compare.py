@@ -175,6 +175,19 @@ def main(argv: list[str] | None = None) -> int:
             runs[name] = await drain_backlog(url, args.jobs, [replica], report,
                                              timeout_seconds=args.timeout, label=f"odin {name}")
             print_drain("odin", name, runs[name])
+        # PgQueuer's best figure comes from two worker processes; give Odin two as well.
+        concurrency = max(args.odin_concurrency)
+        batch_size = min(concurrency, ODIN_MAX_FETCH_BATCH)
+        name = f"concurrency={concurrency},fetch_batch_size={batch_size},processes=2"
+        replicas = [
+            OdinReplica(url, log_dir, name=f"compare-c{concurrency}-p{index}",
+                        settings={"ODIN_WORKER_CONCURRENCY": str(concurrency),
+                                  "ODIN_FETCH_BATCH_SIZE": str(batch_size)})
+            for index in range(2)
+        ]
+        runs[name] = await drain_backlog(url, args.jobs, replicas, report,
+                                         timeout_seconds=args.timeout, label=f"odin {name}")
+        print_drain("odin", name, runs[name])
         enqueue = await measure_enqueue(url, odin_enqueuer, args.enqueue_seconds,
                                         lambda: truncate_tables(url, ODIN_TABLES))
         print_enqueue("odin", enqueue)

@@ -79,6 +79,18 @@ async def retry_transient(
     ``operation`` must be safe to repeat: it opens its own transaction each time. Gives up
     after ``attempts`` tries or ``max_seconds`` and re-raises the last error.
     """
+    # The first try runs without tenacity, whose bookkeeping costs more than a fast query;
+    # the retries, rare by nature, go through it.
+    try:
+        return await operation()
+    except Exception as exc:
+        if not is_transient(exc) or attempts <= 1:
+            raise
+        logger.warning(
+            "database operation failed, retrying",
+            extra={"event": "db_retry", "attempt": 1, "error": repr(exc)},
+        )
+    attempts -= 1
     retrying = AsyncRetrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),

@@ -190,9 +190,14 @@ class WorkerPool:
     # The fetch loop -------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
+        concurrency = self.settings.worker_concurrency
+        # With a backlog, claim in batches rather than one job per freed slot: one claim
+        # statement per freed slot would cost a commit per job.
+        refill = min(self.settings.fetch_batch_size, max(1, concurrency // 4))
+        backlog = False
         while not self._stopping.is_set():
-            free = self.settings.worker_concurrency - len(self._running)
-            if free <= 0:
+            free = concurrency - len(self._running)
+            if free <= 0 or (backlog and free < refill):
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -205,7 +210,8 @@ class WorkerPool:
             jobs = await self._fetch(rooms, limit)
             for job in jobs:
                 self._start_job(job)
-            if len(jobs) < limit:
+            backlog = len(jobs) == limit
+            if not backlog:
                 await self._wait_for_work()
 
     def _rooms(self, limit: int) -> dict[str, int]:
@@ -291,6 +297,8 @@ class WorkerPool:
         self._running_queues[job.id] = job.queue
         task.add_done_callback(functools.partial(self._job_done, job.id))
         observe_job_started(job)
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
         logger.debug(
             "job fetched",
             extra={"event": "job_fetched", "job_id": job.id, "kind": job.kind,
@@ -326,6 +334,8 @@ class WorkerPool:
             observe_attempt(time.monotonic() - started, job.kind, outcome.event_type)
         else:
             observe_attempt(time.monotonic() - started, job.kind, "lost")
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
         logger.debug(
             "job attempt ended",
             extra={"event": "job_attempt_ended", "job_id": job.id, "kind": job.kind,
