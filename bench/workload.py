@@ -193,7 +193,7 @@ class OdinEnqueuers:
 async def set_queue_paused(url: str, queue: str, paused: bool) -> None:
     """Pause or resume ``queue`` with Odin's own query; resuming wakes every replica."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(QUERIES["queue_set_paused"], {"queue": queue, "paused": paused})
+        await conn.execute(QUERIES["queue_pause" if paused else "queue_resume"], {"queue": queue})
 
 
 async def drain_backlog(

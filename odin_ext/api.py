@@ -44,6 +44,7 @@ QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 api = Blueprint("odin_api", __name__)
 
 MAX_JOB_ID = 2**63 - 1
+MAX_EVENT_ID = 2**31 - 1
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 RECONNECT_HINT_MS = 1000
@@ -95,6 +96,11 @@ async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 @api.post("/v1/jobs/bulk")
 async def submit_jobs() -> tuple[dict[str, Any], int]:
     body = await _json_body()
+    if request.headers.get("Idempotency-Key") is not None:
+        raise InvalidRequest(
+            "Idempotency-Key is not supported on bulk submissions; give the kinds unique "
+            "keys, or submit jobs one by one with the header"
+        )
     if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
         raise InvalidRequest('request body must be an object {"jobs": [...]} and nothing else')
     items = body["jobs"]
@@ -108,7 +114,7 @@ async def submit_jobs() -> tuple[dict[str, Any], int]:
     new_jobs, errors = [], []
     for index, item in enumerate(items):
         try:
-            new_jobs.append(_new_job(_parse(SubmitRequest, item)))
+            new_jobs.append(_new_job(_parse(SubmitRequest, item, what=f"jobs[{index}]")))
         except ClientError as exc:
             found = exc.errors or [{"field": "", "message": exc.detail}]
             errors.extend({"index": index, **error} for error in found)
@@ -226,6 +232,7 @@ async def stream_events(job_id: int) -> Response:
         # Nothing will ever follow; 204 also stops an EventSource from reconnecting.
         return Response("", status=204)
 
+
     async def body() -> Any:
         yield encode_retry(RECONNECT_HINT_MS)
         async for event in follow(
@@ -317,10 +324,15 @@ async def _json_body() -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
     except _NonStandardNumber as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply to be read") from None
+    except ValueError as exc:
+        # For example an integer of more than 4300 digits (Python's conversion limit).
+        raise InvalidRequest(f"request body holds a value that cannot be read: {exc}") from None
 
 
 class _NonStandardNumber(ValueError):
@@ -331,9 +343,9 @@ def _reject_constant(name: str) -> None:
     raise _NonStandardNumber(f"{name} is not a JSON number")
 
 
-def _parse(model: type[SubmitRequest], body: Any) -> SubmitRequest:
+def _parse(model: type[SubmitRequest], body: Any, what: str = "request body") -> SubmitRequest:
     if not isinstance(body, dict):
-        raise InvalidRequest(f"request body must be a JSON object, got {_json_type(body)}")
+        raise InvalidRequest(f"{what} must be a JSON object, got {_json_type(body)}")
     try:
         check_storable(body, "$")
     except UnstorableValue as exc:
@@ -374,9 +386,11 @@ def _last_event_id() -> int:
     value = header if header is not None else request.args.get("last_event_id")
     if value is None or value == "":
         return 0
-    if not value.isdigit() or int(value) > 2**31 - 1:
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_EVENT_ID:
         source = "Last-Event-ID header" if header is not None else "last_event_id parameter"
-        raise InvalidRequest(f"{source} must be a non-negative event id, got {value[:40]!r}")
+        raise InvalidRequest(
+            f"{source} must be an event id from 0 to {MAX_EVENT_ID}, got {value[:40]!r}"
+        )
     return int(value)
 
 
@@ -384,8 +398,10 @@ def _query_text(name: str) -> str | None:
     value = request.args.get(name)
     if value is None or value == "":
         return None
-    if "\x00" in value or len(value) > 200:
-        raise InvalidRequest(f"query parameter {name} is invalid")
+    if "\x00" in value:
+        raise InvalidRequest(f"query parameter {name} contains a NUL character")
+    if len(value) > 200:
+        raise InvalidRequest(f"query parameter {name} is longer than 200 characters")
     return value
 
 

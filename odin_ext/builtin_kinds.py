@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from odin_ext.context import JobContext, SyncJobContext
-from odin_ext.errors import CancelJob, RetryLater
+from odin_ext.errors import RetryLater
 from odin_ext.kinds import kind
 
 
 @kind(timeout_seconds=3600)
-async def countdown(ctx: JobContext, steps: int = 5, interval_seconds: float = 1.0) -> dict[str, Any]:
+async def countdown(
+    ctx: JobContext,
+    steps: Annotated[int, Field(ge=1, le=10_000)] = 5,
+    interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0,
+) -> dict[str, Any]:
     """Count down ``steps`` times, waiting ``interval_seconds`` between reports."""
-    if not 1 <= steps <= 10_000:
-        raise CancelJob(f"steps must be between 1 and 10000, got {steps}")
-    if not 0 <= interval_seconds <= 3600:
-        raise CancelJob(f"interval_seconds must be between 0 and 3600, got {interval_seconds}")
     await ctx.log(f"counting down from {steps}")
     for done in range(1, steps + 1):
         await asyncio.sleep(interval_seconds)
@@ -34,10 +36,10 @@ async def countdown(ctx: JobContext, steps: int = 5, interval_seconds: float = 1
 
 
 @kind(timeout_seconds=3600, offload=True)
-def primes(ctx: SyncJobContext, limit: int = 1_000_000) -> dict[str, Any]:
+def primes(
+    ctx: SyncJobContext, limit: Annotated[int, Field(ge=2, le=2_000_000_000)] = 1_000_000
+) -> dict[str, Any]:
     """Count the primes below ``limit`` with a segmented sieve; return the count and the largest."""
-    if not 2 <= limit <= 2_000_000_000:
-        raise CancelJob(f"limit must be between 2 and 2000000000, got {limit}")
     segment = 1_000_000
     root = math.isqrt(limit)
     base = bytearray([1]) * (root + 1)
@@ -67,10 +69,12 @@ def primes(ctx: SyncJobContext, limit: int = 1_000_000) -> dict[str, Any]:
 
 
 @kind(timeout_seconds=3600, offload=True)
-def checksum(ctx: SyncJobContext, text: str = "odin", rounds: int = 100_000) -> dict[str, Any]:
+def checksum(
+    ctx: SyncJobContext,
+    text: Annotated[str, Field(max_length=10_000)] = "odin",
+    rounds: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000,
+) -> dict[str, Any]:
     """Apply SHA-256 ``rounds`` times to ``text``; return the final digest."""
-    if not 1 <= rounds <= 100_000_000:
-        raise CancelJob(f"rounds must be between 1 and 100000000, got {rounds}")
     digest = text.encode("utf-8")
     report_every = max(1, rounds // 10)
     for done in range(1, rounds + 1):
@@ -93,10 +97,10 @@ async def echo(value: Any = None) -> Any:
 
 
 @kind()
-async def sleep(ctx: JobContext, seconds: float = 1.0) -> dict[str, float]:
+async def sleep(
+    ctx: JobContext, seconds: Annotated[float, Field(ge=0, le=86_400)] = 1.0
+) -> dict[str, float]:
     """Wait ``seconds``, then finish."""
-    if not 0 <= seconds <= 86_400:
-        raise CancelJob(f"seconds must be between 0 and 86400, got {seconds}")
     await asyncio.sleep(seconds)
     return {"slept_seconds": seconds}
 

@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -162,9 +163,47 @@ def run(argv: list[str] | None, create_app: Callable[[Settings], Quart]) -> int:
 def _serve(settings: Settings, create_app: Callable[[Settings], Quart]) -> int:
     from odin_ext.server import serve
 
+    problem = _port_problem(settings)
+    if problem is not None:
+        print(f"odin: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     app = create_app(settings)
-    asyncio.run(serve(app, settings))
+    try:
+        asyncio.run(serve(app, settings))
+    except Exception as exc:
+        cause = _embedded_failure(exc)
+        if cause is None:
+            raise
+        print(f"odin: cannot start the embedded database: {cause}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def _port_problem(settings: Settings) -> str | None:
+    """Return why the HTTP port cannot be bound, checked before any worker starts."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host.strip("[]"), settings.port))
+        except OSError as exc:
+            return (
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; "
+                "stop the other server or choose another port with ODIN_PORT"
+            )
+    return None
+
+
+def _embedded_failure(exc: BaseException) -> BaseException | None:
+    # Hypercorn wraps start-up errors; the embedded server's own message is the useful one.
+    from odin_ext.embedded import EmbeddedPostgresError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, EmbeddedPostgresError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _migrate(settings: Settings) -> int:

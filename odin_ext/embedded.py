@@ -127,6 +127,11 @@ class EmbeddedPostgres:
         return None if self._process is None else self._process.pid
 
     @property
+    def exit_code(self) -> int | None:
+        """Exit code of a server that stopped by itself (crashed, killed), else None."""
+        return None if self._process is None else self._process.poll()
+
+    @property
     def log_path(self) -> Path:
         """Server log file, beside the data directory (initdb needs an empty directory)."""
         return self.data_dir.with_name(self.data_dir.name + ".log")

@@ -73,7 +73,9 @@ class RetryLater(ServiceError):
 
     def __init__(self, delay_seconds: float = 0.0, reason: str = "retry requested") -> None:
         super().__init__(reason)
-        self.delay_seconds = max(0.0, float(delay_seconds))
+        delay = float(delay_seconds)
+        # NaN and negative delays mean "at once"; the worker caps very long ones.
+        self.delay_seconds = delay if delay > 0 else 0.0
         self.reason = reason
 
 

@@ -258,7 +258,7 @@ def build_kind(function: Callable[..., Any], options: KindOptions) -> Kind:
         raise TypeError(f"kind {name!r}: only sync functions can be offloaded to a process")
     if options.offload and "<locals>" in function.__qualname__:
         raise TypeError(f"kind {name!r}: an offloaded function must be defined at module level")
-    hints = get_type_hints(function)
+    hints = get_type_hints(function, include_extras=True)
     fields: dict[str, Any] = {}
     context_parameter = None
     for parameter in inspect.signature(function).parameters.values():
@@ -342,5 +342,5 @@ def describe_validation(exc: ValidationError, prefix: str) -> list[dict[str, Any
     items = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in (prefix, *error["loc"]) if part != "")
-        items.append({"field": path, "message": error["msg"]})
+        items.append({"field": path, "message": error["msg"].removeprefix("Value error, ")})
     return items

@@ -85,10 +85,13 @@ class Listener:
                 self.locked.clear()
                 delay = RECONNECT_DELAYS_SECONDS[min(failures, len(RECONNECT_DELAYS_SECONDS) - 1)]
                 failures += 1
-                logger.warning(
+                # The first failure and every 20th after it: an outage must not flood the log.
+                level = logging.WARNING if failures % 20 == 1 else logging.DEBUG
+                logger.log(
+                    level,
                     "listener connection lost, reconnecting",
                     extra={"event": "listener_disconnected", "error": repr(exc),
-                           "sleep_seconds": delay},
+                           "failures": failures, "sleep_seconds": delay},
                 )
                 await asyncio.sleep(delay)
             else:

@@ -32,6 +32,7 @@ from odin_ext.worker import WorkerPool
 logger = logging.getLogger(__name__)
 
 READINESS_TIMEOUT_SECONDS = 2.0
+EMBEDDED_CHECK_SECONDS = 1.0
 
 
 def new_owner_identity() -> str:
@@ -66,6 +67,8 @@ class Runtime:
         if not self.conninfo:
             self.embedded = start_embedded(self.settings.embedded_data_dir)
             self.conninfo = self.embedded.url
+            watchdog = asyncio.create_task(self._watch_embedded(), name="odin-embedded-watchdog")
+            self._background.add(watchdog)
         applied = await migrate(self.conninfo)
         if applied:
             logger.info("database migrated", extra={"event": "migrated", "versions": applied})
@@ -175,6 +178,28 @@ class Runtime:
         self.broker.on_reconnect()
         if self.workers is not None:
             self.workers.notify_reconnected()
+
+    async def _watch_embedded(self) -> None:
+        """Restart the embedded database when it dies while Odin runs (development mode)."""
+        assert self.embedded is not None
+        while not self.stopping.is_set():
+            await asyncio.sleep(EMBEDDED_CHECK_SECONDS)
+            code = self.embedded.exit_code
+            if code is None or self.stopping.is_set():
+                continue
+            logger.error(
+                "embedded PostgreSQL exited, restarting it",
+                extra={"event": "embedded_db_exited", "exit_code": code},
+            )
+            try:
+                # Runs on the event loop's thread, the main thread, as start() requires; the
+                # loop waits the second or so a start takes.
+                self.embedded.restart()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next check
+                logger.error(
+                    "restarting the embedded PostgreSQL failed",
+                    extra={"event": "embedded_db_restart_failed", "error": repr(exc)},
+                )
 
     async def _poll_loop(self) -> None:
         """Poll-only mode: heartbeat, re-read streams and check ownership on a timer."""

@@ -229,7 +229,7 @@ class JobStore:
         return await retry_transient(run)
 
     async def set_queue_paused(self, queue: str, paused: bool) -> dict[str, Any]:
-        rows = await self._fetch_all("queue_set_paused", {"queue": queue, "paused": paused})
+        rows = await self._fetch_all("queue_pause" if paused else "queue_resume", {"queue": queue})
         return rows[0]
 
     async def list_queues(self) -> list[dict[str, Any]]:

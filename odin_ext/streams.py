@@ -237,6 +237,9 @@ async def follow(
                 subscriber.overflowed = False
                 events = [e async for e in _read_log(store, job_id, seen)]
             elif item.seq <= seen:
+                if item.is_final:
+                    # The client asked to resume past this job's end (an id from the future).
+                    return
                 continue
             else:
                 events = [item]

@@ -84,7 +84,13 @@ def build_job(
                 "run_at has no time zone",
                 errors=[{"field": "run_at", "message": "give a time zone, for example +00:00"}],
             )
-        scheduled_at = run_at.astimezone(UTC)
+        try:
+            scheduled_at = run_at.astimezone(UTC)
+        except OverflowError:
+            raise ValidationFailed(
+                "run_at is outside the supported range of dates",
+                errors=[{"field": "run_at", "message": "give a date between years 1 and 9999 in UTC"}],
+            ) from None
     elif delay_seconds:
         scheduled_at = now + timedelta(seconds=delay_seconds)
     unique = kind.options.unique

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
 MAX_TRACEBACK_CHARS = 8000
+# The longest delay a job may ask for with RetryLater: about ten years, as for submissions.
+MAX_RETRY_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
 
 
 class WorkerPool:
@@ -161,7 +163,8 @@ class WorkerPool:
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming, let running jobs finish for ``grace_seconds``, then interrupt the rest.
 
-        Interrupted jobs go back to the queue; their attempt ends without counting as failed.
+        Interrupted jobs go back to the queue, and get one more attempt in place of the one
+        that was cut short.
         """
         self._stopping.set()
         self._wake.set()
@@ -329,6 +332,14 @@ class WorkerPool:
             if job.id in self._lost or not self._stopping.is_set():
                 raise
             outcome = self._interrupted(job)
+        except Exception as exc:  # noqa: BLE001 - a job must never stay running unrecorded
+            logger.error(
+                "recording the outcome of a job failed",
+                exc_info=exc,
+                extra={"event": "job_outcome_failed", "job_id": job.id, "error": repr(exc)},
+            )
+            outcome = self._failure(job, f"Odin could not record this attempt: {exc!r}",
+                                    retry=False)
         if outcome is not None and job.id not in self._lost:
             self._completer.submit(outcome)
             observe_attempt(time.monotonic() - started, job.kind, outcome.event_type)
@@ -470,6 +481,8 @@ class WorkerPool:
         return self._retry_outcome(job, error, exc.delay_seconds)
 
     def _retry_outcome(self, job: Job, error: dict[str, Any], delay_seconds: float) -> Outcome:
+        # A job may ask for any delay; past the policy's maximum it would overflow dates.
+        delay_seconds = min(delay_seconds, max(self.settings.retry_max_seconds, MAX_RETRY_DELAY_SECONDS))
         scheduled_at = datetime.now(UTC) + timedelta(seconds=delay_seconds)
         self._schedule_changed.set()
         return Outcome(

@@ -69,18 +69,16 @@ def test_pause_stops_claims_on_every_replica(database_url, odin_server):
         listed = b.get("/v1/queues").json()["queues"]
         assert {"name": "default", "paused": True, "counts": {"queued": 4}} in listed
 
+        with psycopg.connect(database_url) as connection:
+            row = connection.execute("SELECT now()").fetchone()
+        assert row is not None
+        resumed_at = row[0]
         resumed = b.post("/v1/queues/default/resume")
         assert resumed.status_code == 200, resumed.text
         assert resumed.json() == {"name": "default", "paused": False}
         jobs = wait_all_final(a, job_ids, 10)
 
     assert [job["state"] for job in jobs] == ["completed"] * 4
-    with psycopg.connect(database_url) as connection:
-        row = connection.execute(
-            "SELECT updated_at FROM odin.queues WHERE name = 'default'"
-        ).fetchone()
-    assert row is not None
-    resumed_at = row[0]
     first_start = min(datetime.fromisoformat(job["attempted_at"]) for job in jobs)
     delay = (first_start - resumed_at).total_seconds()
     assert 0 <= delay < MAX_RESUME_START_SECONDS, f"first job started {delay:.3f} s after resume"

@@ -208,6 +208,11 @@ updated AS (
     UPDATE odin.jobs AS j
     SET state = i.state,
         owner = NULL,
+        -- An attempt handed back at shutdown must not use up the job's attempts. Attempt
+        -- numbers stay unique (logs and fencing rely on them), so the job gets one more.
+        max_attempts = CASE
+            WHEN i.event_type = 'interrupted' THEN j.max_attempts + 1 ELSE j.max_attempts
+        END,
         result = i.result,
         errors = CASE
             WHEN i.error IS NULL THEN j.errors

@@ -1,16 +1,21 @@
 -- Queries on odin.queues: pausing and resuming queues for every replica.
 
--- name: queue_set_paused
--- Pause or resume a queue; resuming wakes the workers of that queue.
-WITH changed AS (
-    INSERT INTO odin.queues (name, paused) VALUES (%(queue)s, %(paused)s)
-    ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
-    RETURNING name, paused, updated_at
+-- name: queue_pause
+-- Pause a queue for every replica.
+INSERT INTO odin.queues (name, paused) VALUES (%(queue)s, true)
+ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now()
+RETURNING name, paused;
+
+-- name: queue_resume
+-- Resume a queue: forget its pause record (so resuming an unknown name leaves nothing
+-- behind) and wake the workers of that queue.
+WITH forgotten AS (
+    DELETE FROM odin.queues WHERE name = %(queue)s
 ),
 woken AS (
-    SELECT pg_notify('odin_jobs', name) FROM changed WHERE NOT paused
+    SELECT pg_notify('odin_jobs', %(queue)s::text)
 )
-SELECT name, paused, updated_at, (SELECT count(*) FROM woken) AS woken FROM changed;
+SELECT %(queue)s::text AS name, false AS paused, (SELECT count(*) FROM woken) AS woken;
 
 -- name: queue_list
 -- Every queue that has jobs or a pause record, with its job counts by state.
