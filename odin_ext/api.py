@@ -1,7 +1,7 @@
-"""The HTTP API under ``/v1``, the health endpoints, and the one place errors become answers.
+"""The HTTP API under ``/v1``, the health endpoints, and the one place errors become responses.
 
 Handlers are thin: parse and validate the request, call the store or the broker, serialise.
-Every error answer is an RFC 9457 problem document (``application/problem+json``) with a
+Every error response is an RFC 9457 problem document (``application/problem+json``) with a
 ``detail`` sentence and, for invalid fields, an ``errors`` list of ``{"field", "message"}``.
 """
 
@@ -458,7 +458,7 @@ def problem(
     errors: list[dict[str, Any]] | None = None,
     **extensions: Any,
 ) -> Response:
-    """Build an RFC 9457 problem answer; ``extensions`` become extra members."""
+    """Build an RFC 9457 problem response; ``extensions`` become extra members."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
                             "detail": detail}
     if errors:
@@ -468,7 +468,7 @@ def problem(
 
 
 def register_error_handlers(app: Quart) -> None:
-    """Turn every error into a problem answer; unexpected ones are logged once, here."""
+    """Turn every error into a problem response, and log unexpected ones once, here."""
 
     @app.errorhandler(ClientError)
     async def _client_error(exc: ClientError) -> Response:

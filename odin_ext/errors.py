@@ -1,6 +1,6 @@
 """Odin's exceptions, in three families.
 
-- Client errors (``ClientError``) become HTTP 4xx answers in the API, each with its status.
+- Client errors (``ClientError``) become HTTP 4xx responses in the API, each with its status.
 - Outcomes a job function raises to steer its own job (``RetryLater``, ``CancelJob``).
 - Infrastructure errors (``StoreUnavailable``) for database trouble that outlasted its retries.
 """

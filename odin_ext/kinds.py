@@ -293,7 +293,7 @@ def build_kind(function: Callable[..., Any], options: KindOptions) -> Kind:
 
 
 class Registry:
-    """The job kinds this process knows, by name."""
+    """The job kinds registered in this process, by name."""
 
     def __init__(self, kinds: Iterable[Kind] = ()) -> None:
         self._kinds: dict[str, Kind] = {}

@@ -302,7 +302,7 @@ class JobStore:
     ) -> int | None:
         """Write an event of a running attempt; return its sequence number.
 
-        Returns None when ``owner`` no longer holds that attempt.
+        Returns None when ``owner`` no longer owns that attempt.
         """
         rows = await self._fetch_all(
             "job_append_event",

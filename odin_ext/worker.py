@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
 MAX_TRACEBACK_CHARS = 8000
-# The longest delay a job may ask for with RetryLater: about ten years, as for submissions.
+# Maximum delay of a RetryLater: about ten years, as for submissions.
 MAX_RETRY_DELAY_SECONDS = 10 * 365 * 24 * 3600.0
 
 
