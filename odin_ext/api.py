@@ -84,8 +84,8 @@ async def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         _log_enqueued(job)
     answer = _job_answer(job)
     answer["created"] = entry.created
-    # 202 for a new job and for a replay of the request that created it; 200 for a
-    # duplicate of a unique job, which is returned as it stands.
+    # 202 for a new job and for a replay of the request that created it. 200 for a
+    # duplicate of a unique job, which is returned in its current state.
     status = 202 if entry.created or entry.replayed else 200
     headers = {"Location": answer["url"]}
     if entry.replayed:
@@ -332,7 +332,7 @@ async def _json_body() -> Any:
         raise InvalidRequest("request body is nested too deeply to be read") from None
     except ValueError as exc:
         # For example an integer of more than 4300 digits (Python's conversion limit).
-        raise InvalidRequest(f"request body holds a value that cannot be read: {exc}") from None
+        raise InvalidRequest(f"request body contains a value that cannot be parsed: {exc}") from None
 
 
 class _NonStandardNumber(ValueError):
@@ -350,7 +350,7 @@ def _parse(model: type[SubmitRequest], body: Any, what: str = "request body") ->
         check_storable(body, "$")
     except UnstorableValue as exc:
         raise ValidationFailed(
-            f"request holds a value that cannot be stored: {exc}",
+            f"request contains a value that cannot be stored: {exc}",
             errors=[{"field": exc.path.removeprefix("$."), "message": exc.problem}],
         ) from None
     try:

@@ -31,10 +31,11 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from odin_ext.kinds import Kind, Periodic, Registry
+from odin_ext.queries import QUERIES
 from odin_ext.settings import Settings
 from odin_ext.store import WORKER_LOCK_CLASS, JobStore, Liveness
 from odin_ext.submissions import build_job
@@ -62,7 +63,7 @@ def schedule_name(item: Kind, schedule: Periodic) -> str:
 
 
 class Leader:
-    """Competes for leadership and runs the leader's duties while it holds it."""
+    """Competes for leadership and runs the leader's duties while it has the lock."""
 
     def __init__(
         self, settings: Settings, conninfo: str, store: JobStore, owner: str, registry: Registry
@@ -107,17 +108,15 @@ class Leader:
         async with await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=5
         ) as conn:
-            cursor = conn.cursor(row_factory=tuple_row)
+            cursor = conn.cursor(row_factory=dict_row)
             while True:
                 if not self.is_leader:
                     await cursor.execute(
-                        "SELECT pg_try_advisory_lock(%s, 0),"
-                        " extract(epoch FROM now() - pg_postmaster_start_time())::float8",
-                        (WORKER_LOCK_CLASS,),
+                        QUERIES["leader_try_lock"], {"lock_class": WORKER_LOCK_CLASS}
                     )
                     row = await cursor.fetchone()
-                    if row and row[0]:
-                        self._take_office(database_uptime_seconds=row[1])
+                    if row and row["locked"]:
+                        self._take_office(database_uptime_seconds=row["uptime_seconds"])
                 else:
                     # Proves the session (and so the lock) is still there.
                     await cursor.execute("SELECT 1")
@@ -138,8 +137,8 @@ class Leader:
     def _take_office(self, database_uptime_seconds: float | None) -> None:
         self.is_leader = True
         self._suspects.clear()
-        # Locks freed by a database restart say nothing about the workers: wait until the
-        # database has been up for the takeover grace before trusting their absence.
+        # A database restart frees every lock, dead or alive, so the absence of a lock is
+        # trusted only once the database has been up for the takeover grace.
         wait = TAKEOVER_GRACE_SECONDS
         if database_uptime_seconds is not None:
             wait = max(0.0, TAKEOVER_GRACE_SECONDS - database_uptime_seconds)

@@ -20,8 +20,9 @@ import logging
 from collections.abc import Callable
 
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row
 
+from odin_ext.queries import QUERIES
 from odin_ext.store import WORKER_LOCK_CLASS
 
 logger = logging.getLogger(__name__)
@@ -116,22 +117,14 @@ class Listener:
         raise psycopg.OperationalError("listener connection closed")
 
     async def _take_lock(self, conn: psycopg.AsyncConnection) -> None:
-        cursor = conn.cursor(row_factory=tuple_row)
+        cursor = conn.cursor(row_factory=dict_row)
+        params = {"lock_class": WORKER_LOCK_CLASS, "worker_id": self._worker_id}
         for _ in range(2):
-            await cursor.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (WORKER_LOCK_CLASS, self._worker_id)
-            )
+            await cursor.execute(QUERIES["worker_lock"], params)
             row = await cursor.fetchone()
-            if row and row[0]:
+            if row and row["locked"]:
                 return
-            # Held by an older session of this process that the server has not noticed dead.
-            await cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks"
-                " WHERE locktype = 'advisory' AND classid = %s::oid AND objid = %s::oid"
-                " AND objsubid = 2 AND granted AND pid <> pg_backend_pid()"
-                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                (WORKER_LOCK_CLASS, self._worker_id),
-            )
+            await cursor.execute(QUERIES["worker_lock_reclaim"], params)
             logger.warning(
                 "liveness lock held by a stale session, terminated it",
                 extra={"event": "liveness_lock_reclaimed", "worker_id": self._worker_id},

@@ -56,7 +56,7 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class _ListenedQueueHandler(logging.handlers.QueueHandler):
-    """A queue handler that knows the listener draining its queue, so it can be flushed."""
+    """A queue handler with a reference to the listener draining its queue, for flushing."""
 
     def __init__(self, records: queue.SimpleQueue[logging.LogRecord],
                  listener: logging.handlers.QueueListener) -> None:
@@ -72,7 +72,10 @@ def flush_logs() -> None:
 
 
 def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
-    """Send Odin's logs to stderr; JSON lines unless stderr is a terminal (or as told)."""
+    """Send Odin's logs to stderr, as JSON lines or as readable lines (``json_lines``).
+
+    By default the lines are JSON unless stderr is a terminal.
+    """
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     stream_handler = logging.StreamHandler(sys.stderr)

@@ -42,7 +42,7 @@ CONCURRENCY_LOCK_CLASS = 0x6F64696B
 
 @dataclass(frozen=True)
 class Liveness:
-    """How dead workers are told apart: lost advisory locks, or stale heartbeats (poll-only)."""
+    """The test for dead workers: a free advisory lock, or a stale heartbeat (poll-only)."""
 
     poll_only: bool = False
     heartbeat_timeout_seconds: float = 30.0
@@ -96,7 +96,7 @@ class IdempotencyKeyReused(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one attempt ended: the job's next state and the event that records it."""
+    """The end of one attempt: the job's next state and the event that records it."""
 
     job_id: int
     attempt: int
@@ -217,8 +217,8 @@ class JobStore:
                 keys = [row["concurrency_key"] for row in await cursor.fetchall()]
                 if not keys:
                     return []
-                # A new statement, so a new snapshot: it sees every claim committed by the
-                # previous holder of these keys' locks.
+                # A new statement takes a new snapshot, which includes every claim committed
+                # by the previous owner of these keys' locks.
                 cursor = await conn.execute(
                     QUERIES["job_fetch_limited"],
                     {"keys": keys, "queues": list(queues), "owner": owner, "limit": limit},
@@ -279,7 +279,8 @@ class JobStore:
         """
         if not outcomes:
             return set()
-        # Lock rows in id order so that concurrent batches cannot deadlock each other.
+        # Batches of different owners touch disjoint rows, so they cannot deadlock each other.
+        # Sorting by id keeps a stable order against single-row writers (cancel, progress).
         ordered = sorted(outcomes, key=lambda o: o.job_id)
         rows = await self._fetch_all(
             "job_record_outcomes",

@@ -70,8 +70,8 @@ class Subscriber:
 class Topic:
     """Subscribers of one job and the highest sequence number fetched for them.
 
-    ``cursor`` stays None until the first subscriber has read the log, because before that
-    nobody knows which events the live feed must start after.
+    ``cursor`` stays None until the first subscriber has read the log, because until then
+    the sequence number that the live feed must start after is unknown.
     """
 
     job_id: int
@@ -218,10 +218,16 @@ async def follow(
         # The log may hold a final event followed by more: a job retried after it failed
         # or was cancelled. So the whole log is replayed, and the job's current state
         # decides whether the stream ends.
+        last: Event | None = None
         async for event in _read_log(store, job_id, seen):
             yield event
             seen = event.seq
-        if await _ended_before(store, job_id, seen):
+            last = event
+        # A final event that is the log's last means the job is over. With nothing new in
+        # the log (a client resuming at or past the end), only the job's row can tell.
+        if last is not None and last.is_final:
+            return
+        if last is None and await _ended_before(store, job_id, seen):
             return
         broker.caught_up(subscriber, seen)
         while True:
@@ -253,7 +259,7 @@ async def follow(
 
 
 async def _ended_before(store: JobStore, job_id: int, seen: int) -> bool:
-    # True when the job is final and the client has its last event: without this check a
+    # True when the job is final and the client has its last event. Without this check, a
     # client resuming after the final event would wait for live events that never come.
     job = await store.get(job_id)
     return job is None or (job.state.is_final and job.last_event_seq <= seen)

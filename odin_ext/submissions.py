@@ -112,7 +112,7 @@ def build_job(
 def build_from_request(
     kind: Kind, request: SubmitRequest, *, default_max_attempts: int, max_args_bytes: int
 ) -> NewJob:
-    """Return the job a validated ``SubmitRequest`` asks for."""
+    """Return the job that a validated ``SubmitRequest`` describes."""
     return build_job(
         kind,
         request.args,

@@ -275,19 +275,10 @@ dead AS (
     FROM candidates AS c
     LEFT JOIN odin.workers AS w ON w.owner = c.owner
     WHERE w.id IS NULL
-        OR CASE WHEN %(poll_only)s::boolean
-            THEN w.heartbeat_at < now() - make_interval(secs => %(heartbeat_timeout_seconds)s)
-            ELSE NOT EXISTS (
-                SELECT 1
-                FROM pg_locks AS l
-                WHERE l.locktype = 'advisory'
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND l.classid = %(lock_class)s::oid
-                    AND l.objid = w.id::oid
-                    AND l.objsubid = 2
-                    AND l.granted
-            )
-        END
+        OR odin.worker_is_dead(
+            w.id, w.heartbeat_at, %(poll_only)s::boolean,
+            %(heartbeat_timeout_seconds)s::float8, %(lock_class)s::integer
+        )
 ),
 rescued AS (
     UPDATE odin.jobs AS j
