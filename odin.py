@@ -14,6 +14,7 @@ from quart import Quart
 from odin_ext.api import api, register_error_handlers
 from odin_ext.auth import install_auth
 from odin_ext.console import console
+from odin_ext.hypercorn_fixes import close_connections_on_eof
 from odin_ext.kinds import Registry
 from odin_ext.metrics import metrics
 from odin_ext.runtime import Runtime
@@ -24,6 +25,7 @@ from odin_ext.stats import stats
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Quart:
     """Build the Quart app and the runtime it starts when serving begins."""
     settings = settings or load_settings()
+    close_connections_on_eof()
     runtime = Runtime(settings, registry)
     app = Quart("odin")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

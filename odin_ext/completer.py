@@ -5,6 +5,9 @@ busy worker pool commits many jobs per transaction and an idle one writes each o
 Every write is fenced (see ``JobStore.record_outcomes``): an attempt that lost its job changes
 nothing, and the completer logs it.
 
+The events written are handed to ``on_events`` as soon as they are committed, so streams on
+this process get them without waiting for the notification and a read of the log.
+
 An outcome is never dropped while the process lives: after a failed write the batch is kept
 and tried again with backoff. ``stop`` waits for pending writes up to its timeout; outcomes
 still unwritten then are lost with the process and their jobs are left running, to be
@@ -15,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 
-from odin_ext.jobs import JobState
+from odin_ext.jobs import Event, JobState
 from odin_ext.store import JobStore, Outcome
 
 logger = logging.getLogger(__name__)
@@ -35,10 +38,12 @@ class Completer:
         store: JobStore,
         owner: str,
         on_recorded: Callable[[Outcome, bool], None] | None = None,
+        on_events: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         self._store = store
         self._owner = owner
         self._on_recorded = on_recorded
+        self._on_events = on_events
         self._pending: list[Outcome] = []
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -109,17 +114,20 @@ class Completer:
 
     async def _write(self, batch: list[Outcome]) -> None:
         try:
-            applied = await self._store.record_outcomes(self._owner, batch)
+            events = await self._store.record_outcomes(self._owner, batch)
         except psycopg.DataError:
             # One bad value fails the whole statement: write the outcomes one by one so the
             # others still land, and fail the job whose outcome cannot be stored.
-            applied = set()
+            events = []
             for outcome in batch:
-                applied |= await self._write_alone(outcome)
+                events += await self._write_alone(outcome)
+        if events and self._on_events is not None:
+            self._on_events(events)
+        applied = {event.job_id for event in events}
         for outcome in batch:
             self._report(outcome, outcome.job_id in applied)
 
-    async def _write_alone(self, outcome: Outcome) -> set[int]:
+    async def _write_alone(self, outcome: Outcome) -> list[Event]:
         try:
             return await self._store.record_outcomes(self._owner, [outcome])
         except psycopg.DataError as exc:

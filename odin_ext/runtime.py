@@ -80,7 +80,8 @@ class Runtime:
         worker_id = await self.store.register_worker(self.owner)
         if self.settings.run_workers:
             self.workers = WorkerPool(
-                self.settings, self.store, self.registry, self.owner, self.live
+                self.settings, self.store, self.registry, self.owner, self.live,
+                on_events=self.broker.publish,
             )
         self.leader = Leader(
             self.settings, self.conninfo, self.store, self.owner, self.registry

@@ -8,10 +8,10 @@ statement and one commit carry any number of jobs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -26,6 +26,8 @@ from odin_ext.queries import QUERIES
 # worker id for liveness locks, and 0 for the leader lock.
 WORKER_LOCK_CLASS = 0x6F64696E
 DUPLICATE_RETRIES = 3
+
+T = TypeVar("T")
 
 
 def _prepare(query: str) -> bool | None:
@@ -149,18 +151,31 @@ class JobStore:
         """
         if not new_jobs:
             return []
+        if len(new_jobs) == 1:
+            return [await self._enqueue_one(new_jobs[0])]
 
         async def run() -> list[Enqueued]:
             # One transaction, so that a retry after DuplicateHolderGone inserts nothing twice.
             async with self._connection() as conn, conn.transaction():
                 return await enqueue_on(conn, new_jobs)
 
-        for _ in range(DUPLICATE_RETRIES):
-            try:
-                return await retry_transient(run)
-            except DuplicateHolderGone:
-                continue
-        return await retry_transient(run)
+        return await _retry_duplicates(run)
+
+    async def _enqueue_one(self, new_job: NewJob) -> Enqueued:
+        # One statement, so nothing to roll back when the duplicate's holder must be read
+        # again: the insert either created the job or changed nothing.
+        params = {name: values[0] for name, values in enqueue_params([new_job]).items()}
+
+        async def run() -> Enqueued:
+            async with self._connection() as conn:
+                cursor = await conn.execute(QUERIES["job_enqueue_one"], params)
+                row = await cursor.fetchone()
+                if row is not None:
+                    return Enqueued(Job.from_row(row), created=True)
+                [entry] = await _match_inserted(conn, [new_job], [])
+                return entry
+
+        return await _retry_duplicates(run)
 
     async def enqueue_idempotent(
         self, new_job: NewJob, key: str, request_hash: str, *, reject_duplicate: bool = False
@@ -272,13 +287,14 @@ class JobStore:
         rows = await self._fetch_all("job_next_scheduled_at", {})
         return rows[0]["next_at"] if rows else None
 
-    async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> set[int]:
-        """End attempts of ``owner``; return the ids of the jobs whose write applied.
+    async def record_outcomes(self, owner: str, outcomes: Sequence[Outcome]) -> list[Event]:
+        """End attempts of ``owner``; return the events written, one per applied outcome.
 
-        An outcome whose attempt is no longer running under ``owner`` changes nothing.
+        An outcome whose attempt is no longer running under ``owner`` changes nothing and
+        has no event in the answer.
         """
         if not outcomes:
-            return set()
+            return []
         # Batches of different owners touch disjoint rows, so they cannot deadlock each other.
         # Sorting by id keeps a stable order against single-row writers (cancel, progress).
         ordered = sorted(outcomes, key=lambda o: o.job_id)
@@ -296,7 +312,7 @@ class JobStore:
                 "event_data": [Jsonb(o.event_data) for o in ordered],
             },
         )
-        return {row["id"] for row in rows}
+        return [Event.from_row(row) for row in rows]
 
     async def append_event(
         self, job_id: int, attempt: int, owner: str, event_type: str, data: dict[str, Any]
@@ -469,6 +485,16 @@ async def _match_inserted(
                     raise DuplicateHolderGone(new_job.unique_key or "")
                 entries[index] = Enqueued(holder, created=False)
     return [entry for entry in entries if entry is not None]
+
+
+async def _retry_duplicates(run: Callable[[], Awaitable[T]]) -> T:
+    """Run ``run`` through ``retry_transient``, again when a duplicate's holder was gone."""
+    for _ in range(DUPLICATE_RETRIES):
+        try:
+            return await retry_transient(run)
+        except DuplicateHolderGone:
+            continue
+    return await retry_transient(run)
 
 
 class DuplicateHolderGone(Exception):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from odin_ext.jobs import Event
@@ -155,6 +155,16 @@ class Broker:
                 topic.pending = True
                 self._fetch_needed.set()
 
+    def publish(self, events: Sequence[Event]) -> None:
+        """Hand committed events written by this process to its subscribers.
+
+        Spares the read of the log that their notification would cost. Events of jobs
+        without subscribers here are ignored; a subscriber that has not read the log yet
+        gets them from the log instead.
+        """
+        if self._topics:
+            self._dispatch(events)
+
     def on_reconnect(self) -> None:
         """Mark every topic for a re-read: notifications may have been lost."""
         for topic in self._topics.values():
@@ -190,7 +200,7 @@ class Broker:
                 continue
             self._dispatch(events)
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _dispatch(self, events: Sequence[Event]) -> None:
         for event in events:
             topic = self._topics.get(event.job_id)
             if topic is None or topic.cursor is None or event.seq <= topic.cursor:

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 from odin_ext.completer import Completer
 from odin_ext.context import JobContext, JobInfo, SyncJobContext
 from odin_ext.errors import AttemptLost, CancelJob, RetryLater, UnknownKind
-from odin_ext.jobs import Job, JobState
+from odin_ext.jobs import Event, Job, JobState
 from odin_ext.kinds import Kind, Registry
 from odin_ext.metrics import observe_attempt, observe_job_started
 from odin_ext.offload import OffloadedJobFailed, ProcessPool
@@ -61,6 +61,7 @@ class WorkerPool:
         registry: Registry,
         owner: str,
         may_claim: asyncio.Event,
+        on_events: Callable[[Sequence[Event]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.owner = owner
@@ -70,7 +71,9 @@ class WorkerPool:
         self._store = store
         self._registry = registry
         self._retry_policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
-        self._completer = Completer(store, owner, on_recorded=self._log_recorded)
+        self._completer = Completer(
+            store, owner, on_recorded=self._log_recorded, on_events=on_events
+        )
         # Started on the first offloaded job, so processes that never offload pay nothing.
         self._processes: ProcessPool | None = None
         self._threads_busy = 0

@@ -7,6 +7,9 @@ queue of their own that no worker serves, so each test can tell its jobs apart.
 
 from __future__ import annotations
 
+import re
+import socket
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -579,3 +582,36 @@ def test_retry_unfinished_or_completed_job_conflicts(
 
     assert problem["state"] == state
     assert state in problem["detail"]
+
+
+# Connections ------------------------------------------------------------------------------
+
+
+def _closes_after_client_eof(server: OdinServer, request: bytes) -> bool:
+    """Send `request`, read the whole answer, half-close; True if the server then closes."""
+    address = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=5.0) as sock:
+        sock.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+        # The connection is idle and kept alive; the client now says it is done with it.
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(3.0)
+        try:
+            return sock.recv(65536) == b""
+        except TimeoutError:
+            return False
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/kinds"])
+def test_idle_connection_closes_when_the_client_closes(server: OdinServer, path: str) -> None:
+    # The keep-alive timeout is 75 s; a server that waits it out keeps each connection a
+    # client has left, and its memory, for that long.
+    request = f"GET {path} HTTP/1.1\r\nHost: odin\r\n\r\n".encode()
+
+    assert _closes_after_client_eof(server, request)

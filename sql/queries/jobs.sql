@@ -43,6 +43,34 @@ events AS (
 )
 SELECT * FROM inserted ORDER BY id;
 
+-- name: job_enqueue_one
+-- job_enqueue for one job. Scalar parameters let this frequent statement be prepared, and as
+-- a single statement it needs no transaction block of its own.
+WITH inserted AS (
+    INSERT INTO odin.jobs (
+        kind, queue, args, state, priority, max_attempts, timeout_seconds, scheduled_at,
+        last_event_seq, unique_key, unique_states, concurrency_key, concurrency_limit
+    )
+    VALUES (
+        %(kind)s::text, %(queue)s::text, %(args)s::jsonb,
+        CASE WHEN %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'queued' END::odin.job_state,
+        %(priority)s::smallint, %(max_attempts)s::integer, %(timeout_seconds)s::float8,
+        coalesce(%(scheduled_at)s::timestamptz, now()), 1, %(unique_key)s::text,
+        %(unique_states)s::text::odin.job_state[], %(concurrency_key)s::text,
+        %(concurrency_limit)s::integer
+    )
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states)
+        DO NOTHING
+    RETURNING *
+),
+events AS (
+    INSERT INTO odin.job_events (job_id, seq, type, data)
+    SELECT id, 1, state::text,
+        jsonb_build_object('queue', queue, 'scheduled_at', scheduled_at)
+    FROM inserted
+)
+SELECT * FROM inserted;
+
 -- name: job_find_unique
 -- The jobs that currently hold the given unique keys.
 SELECT * FROM odin.jobs
@@ -195,7 +223,8 @@ SELECT min(scheduled_at) AS next_at FROM odin.jobs WHERE state = 'scheduled';
 
 -- name: job_record_outcomes
 -- End attempts of %(owner)s (parallel arrays, one element per job) and write their events.
--- Returns the ids whose write applied; a missing id means the attempt was no longer owned.
+-- Returns the events written, as the log holds them; a job without an event here was no
+-- longer owned by this attempt.
 WITH input AS (
     SELECT *
     FROM unnest(
@@ -233,8 +262,9 @@ updated AS (
 events AS (
     INSERT INTO odin.job_events (job_id, seq, type, data)
     SELECT id, last_event_seq, event_type, event_data FROM updated
+    RETURNING *
 )
-SELECT id FROM updated;
+SELECT * FROM events;
 
 -- name: job_append_event
 -- Write a progress or log event of a running attempt; no row when the attempt is not owned.
