@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from odin_ext.jobs import Job
 from odin_ext.kinds import Kind, KindOptions, build_kind
 from odin_ext.queries import QUERIES
-from odin_ext.store import NewJob, enqueue_on, enqueue_params
+from odin_ext.store import NewJob, enqueue_on, enqueue_one_params
 from odin_ext.submissions import build_job
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -54,15 +54,21 @@ def enqueue_sync(
 ) -> Job:
     """Insert a job on a sync connection; see ``enqueue``.
 
-    NOTE: a duplicate of a unique job raises ``LookupError`` here instead of returning the
-    existing job.
+    Raises ``LookupError`` in the rare case where the job holding a duplicate's unique key
+    left its unique states before it could be read; trying again then inserts the job.
     """
     new_job = _build(kind, args, options)
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(QUERIES["job_enqueue"], enqueue_params([new_job]), prepare=False)
+        cursor.execute(QUERIES["job_enqueue_one"], enqueue_one_params(new_job))
         row = cursor.fetchone()
+        if row is None:
+            cursor.execute(QUERIES["job_find_unique"], {"unique_keys": [new_job.unique_key]})
+            row = cursor.fetchone()
     if row is None:
-        raise LookupError(f"a job of kind {new_job.kind!r} with the same unique key exists")
+        raise LookupError(
+            f"the job holding unique key {new_job.unique_key!r} changed state before it "
+            "could be read; enqueue the job again"
+        )
     return Job.from_row(row)
 
 

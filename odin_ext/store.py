@@ -162,17 +162,11 @@ class JobStore:
         return await _retry_duplicates(run)
 
     async def _enqueue_one(self, new_job: NewJob) -> Enqueued:
-        # One statement, so nothing to roll back when the duplicate's holder must be read
-        # again: the insert either created the job or changed nothing.
-        params = {name: values[0] for name, values in enqueue_params([new_job]).items()}
-
+        # A single statement needs no transaction block: when the duplicate's holder must be
+        # read again, the insert either created the job or changed nothing.
         async def run() -> Enqueued:
             async with self._connection() as conn:
-                cursor = await conn.execute(QUERIES["job_enqueue_one"], params)
-                row = await cursor.fetchone()
-                if row is not None:
-                    return Enqueued(Job.from_row(row), created=True)
-                [entry] = await _match_inserted(conn, [new_job], [])
+                [entry] = await enqueue_on(conn, [new_job])
                 return entry
 
         return await _retry_duplicates(run)
@@ -291,7 +285,7 @@ class JobStore:
         """End attempts of ``owner``; return the events written, one per applied outcome.
 
         An outcome whose attempt is no longer running under ``owner`` changes nothing and
-        has no event in the answer.
+        has no event in the result.
         """
         if not outcomes:
             return []
@@ -427,9 +421,19 @@ async def enqueue_on(conn: Any, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
     Used by the store and by ``odin_ext.enqueue`` for enqueueing inside a caller's own
     transaction. Duplicates of unique jobs come back as the job holding the key.
     """
-    cursor = await conn.execute(QUERIES["job_enqueue"], enqueue_params(new_jobs), prepare=False)
+    if len(new_jobs) == 1:
+        # The single-job form has scalar parameters, so psycopg prepares it once it is
+        # frequent on this connection.
+        cursor = await conn.execute(QUERIES["job_enqueue_one"], enqueue_one_params(new_jobs[0]))
+    else:
+        cursor = await conn.execute(QUERIES["job_enqueue"], enqueue_params(new_jobs), prepare=False)
     inserted = [Job.from_row(row) for row in await cursor.fetchall()]
     return await _match_inserted(conn, new_jobs, inserted)
+
+
+def enqueue_one_params(new_job: NewJob) -> dict[str, Any]:
+    """Build the parameters of the ``job_enqueue_one`` query."""
+    return {name: values[0] for name, values in enqueue_params([new_job]).items()}
 
 
 def enqueue_params(new_jobs: Sequence[NewJob]) -> dict[str, Any]:

@@ -156,10 +156,10 @@ class Broker:
                 self._fetch_needed.set()
 
     def publish(self, events: Sequence[Event]) -> None:
-        """Hand committed events written by this process to its subscribers.
+        """Deliver committed events written by this process to its subscribers.
 
-        Spares the read of the log that their notification would cost. Events of jobs
-        without subscribers here are ignored; a subscriber that has not read the log yet
+        This saves the read of the log that their notification would cost. Events of jobs
+        with no subscriber here are ignored, and a subscriber that has not read the log yet
         gets them from the log instead.
         """
         if self._topics:

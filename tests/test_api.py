@@ -588,7 +588,7 @@ def test_retry_unfinished_or_completed_job_conflicts(
 
 
 def _closes_after_client_eof(server: OdinServer, request: bytes) -> bool:
-    """Send `request`, read the whole answer, half-close; True if the server then closes."""
+    """Send `request`, read the response and half-close. Return True if the server then closes."""
     address = urllib.parse.urlsplit(server.url)
     with socket.create_connection((address.hostname, address.port), timeout=5.0) as sock:
         sock.sendall(request)
@@ -599,7 +599,7 @@ def _closes_after_client_eof(server: OdinServer, request: bytes) -> bool:
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
         while len(body) < length:
             body += sock.recv(65536)
-        # The connection is idle and kept alive; the client now says it is done with it.
+        # The connection is now idle and kept alive, and the client signals it is done with it.
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(3.0)
         try:
@@ -609,7 +609,7 @@ def _closes_after_client_eof(server: OdinServer, request: bytes) -> bool:
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/v1/kinds"])
-def test_idle_connection_closes_when_the_client_closes(server: OdinServer, path: str) -> None:
+def test_idle_connection_closes_after_client(server: OdinServer, path: str) -> None:
     # The keep-alive timeout is 75 s; a server that waits it out keeps each connection a
     # client has left, and its memory, for that long.
     request = f"GET {path} HTTP/1.1\r\nHost: odin\r\n\r\n".encode()

@@ -149,8 +149,10 @@ async def test_enqueue_duplicate_returns_unique_holder(database_url):
     assert stored_jobs(database_url) == 2
 
 
-def test_enqueue_sync_duplicate_raises_lookup_error(database_url):
+def test_enqueue_sync_duplicate_returns_holder(database_url):
     with psycopg.connect(database_url) as conn:
-        enqueue_sync(conn, unique_report, {"customer": "acme"}, queue=PARKED_QUEUE)
-        with pytest.raises(LookupError):
-            enqueue_sync(conn, unique_report, {"customer": "acme"}, queue=PARKED_QUEUE)
+        first = enqueue_sync(conn, unique_report, {"customer": "acme"}, queue=PARKED_QUEUE)
+        second = enqueue_sync(conn, unique_report, {"customer": "acme"}, queue=PARKED_QUEUE)
+
+    assert second.id == first.id
+    assert stored_jobs(database_url) == 1

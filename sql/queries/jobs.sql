@@ -223,7 +223,7 @@ SELECT min(scheduled_at) AS next_at FROM odin.jobs WHERE state = 'scheduled';
 
 -- name: job_record_outcomes
 -- End attempts of %(owner)s (parallel arrays, one element per job) and write their events.
--- Returns the events written, as the log holds them; a job without an event here was no
+-- Returns the events written, exactly as stored in the log. A job with no event here was no
 -- longer owned by this attempt.
 WITH input AS (
     SELECT *
