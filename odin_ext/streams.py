@@ -237,9 +237,17 @@ async def follow(
         # the log (a client resuming at or past the end), only the job's row can tell.
         if last is not None and last.is_final:
             return
-        if last is None and await _ended_before(store, job_id, seen):
-            return
-        broker.caught_up(subscriber, seen)
+        log_end = seen
+        if last is None:
+            # Nothing new in the log: only the job's row tells whether it is over. A client
+            # may also resume from an id past the log's end, and the broker's cursor must not
+            # pass that end, or the events up to that id would never be fetched for the
+            # job's other subscribers on this process.
+            job = await store.get(job_id)
+            if job is None or (job.state.is_final and job.last_event_seq <= seen):
+                return
+            log_end = min(seen, job.last_event_seq)
+        broker.caught_up(subscriber, log_end)
         while True:
             try:
                 async with asyncio.timeout(keepalive_seconds):
@@ -266,13 +274,6 @@ async def follow(
                     return
     finally:
         broker.unsubscribe(subscriber)
-
-
-async def _ended_before(store: JobStore, job_id: int, seen: int) -> bool:
-    # True when the job is final and the client has its last event. Without this check, a
-    # client resuming after the final event would wait for live events that never come.
-    job = await store.get(job_id)
-    return job is None or (job.state.is_final and job.last_event_seq <= seen)
 
 
 async def _read_log(store: JobStore, job_id: int, after: int) -> AsyncIterator[Event]:

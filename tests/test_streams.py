@@ -7,6 +7,8 @@ break the server's database sessions start their own.
 
 from __future__ import annotations
 
+import asyncio
+
 import uuid
 from collections.abc import AsyncIterator
 
@@ -110,6 +112,22 @@ async def test_resume_after_future_event_waits_for_it(http: httpx.AsyncClient) -
 
     assert record.ids == [6, 7, 8, 9, 10]
     assert record.types[-1] == "completed"
+
+
+@pytest.mark.anyio
+async def test_resume_past_end_delays_no_other_stream(http: httpx.AsyncClient) -> None:
+    job = await submit_async(http, "countdown", {"steps": 6, "interval_seconds": 0.1})
+    # This stream subscribes first, with an id past the end of the job's log.
+    ahead = asyncio.create_task(read_stream(http, job["events_url"], last_event_id=100))
+    await asyncio.sleep(0.2)
+
+    async with asyncio.timeout(15):
+        record = await read_stream(http, job["events_url"])
+        ahead_record = await ahead
+
+    assert record.ids == list(range(1, 11))
+    assert record.types[-1] == "completed"
+    assert ahead_record.ids == []
 
 
 @pytest.mark.anyio
