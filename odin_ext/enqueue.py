@@ -54,8 +54,8 @@ def enqueue_sync(
 ) -> Job:
     """Insert a job on a sync connection; see ``enqueue``.
 
-    Raises ``LookupError`` in the rare case where the job holding a duplicate's unique key
-    left its unique states before it could be read; trying again then inserts the job.
+    Raises ``LookupError`` when the job that has a duplicate's unique key left its unique
+    states before it could be read. Calling again then inserts the job.
     """
     new_job = _build(kind, args, options)
     with conn.cursor(row_factory=dict_row) as cursor:

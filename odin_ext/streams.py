@@ -239,10 +239,10 @@ async def follow(
             return
         log_end = seen
         if last is None:
-            # Nothing new in the log: only the job's row tells whether it is over. A client
-            # may also resume from an id past the log's end, and the broker's cursor must not
-            # pass that end, or the events up to that id would never be fetched for the
-            # job's other subscribers on this process.
+            # Nothing new in the log, so only the job's row shows whether it is over. A client
+            # may also resume from an id past the log's end. The broker's cursor must stop at
+            # that end, because otherwise the events up to that id would never be fetched for
+            # the job's other subscribers on this process.
             job = await store.get(job_id)
             if job is None or (job.state.is_final and job.last_event_seq <= seen):
                 return
